@@ -1,0 +1,84 @@
+"""Relay <-> transceiver framing: one small header naming the client, then the datagram.
+
+The relay sends every client datagram to the transceiver's single socket behind this header;
+the transceiver answers with the same header naming the client. Layout (network order)::
+
+    0      1        2       4                  8 or 20
+    +------+--------+-------+------------------+---------
+    | 0xE1 | family | port  | address (4 / 16) | payload
+    +------+--------+-------+------------------+---------
+
+``family`` is 4 or 6. 0xE1 is outside every RFC 7983 range, so a stray client datagram on the
+internal port can never be taken for a frame.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+FRAME_MAGIC = 0xE1
+FAMILY_V4 = 4
+FAMILY_V6 = 6
+HEADER_V4 = 8
+HEADER_V6 = 20
+MAX_HEADER = HEADER_V6
+
+Addr = tuple[str, int]
+
+_PREFIX = struct.Struct("!BBH")
+
+
+def pack_header(addr: Addr) -> bytes:
+    """Return the frame header naming client ``addr`` (``(host, port)``, v4 or v6)."""
+    host, port = addr[0], addr[1]
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError("bad port")
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])  # drop an IPv6 scope id
+    except ValueError:
+        raise ValueError("bad address") from None
+    family = FAMILY_V4 if ip.version == 4 else FAMILY_V6
+    return _PREFIX.pack(FRAME_MAGIC, family, port) + ip.packed
+
+
+def parse_header(data: bytes | memoryview) -> tuple[Addr, int]:
+    """Return ``(client addr, payload offset)`` of a framed datagram; ``ValueError`` if bad."""
+    if len(data) < HEADER_V4:
+        raise ValueError("short frame")
+    magic, family, port = _PREFIX.unpack_from(data)
+    if magic != FRAME_MAGIC:
+        raise ValueError("bad frame magic")
+    if family == FAMILY_V4:
+        return (str(ipaddress.IPv4Address(bytes(data[4:8]))), port), HEADER_V4
+    if family == FAMILY_V6 and len(data) >= HEADER_V6:
+        return (str(ipaddress.IPv6Address(bytes(data[4:20]))), port), HEADER_V6
+    raise ValueError("bad frame family")
+
+
+def header_length(data: bytes | memoryview) -> int:
+    """Return the header length of a frame from its family byte (no address decoding)."""
+    if len(data) < HEADER_V4 or data[0] != FRAME_MAGIC:
+        raise ValueError("bad frame magic")
+    if data[1] == FAMILY_V4:
+        return HEADER_V4
+    if data[1] == FAMILY_V6 and len(data) >= HEADER_V6:
+        return HEADER_V6
+    raise ValueError("bad frame family")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A framed datagram as a value: client address and payload."""
+
+    client: Addr
+    payload: bytes
+
+    @classmethod
+    def parse(cls, data: bytes | memoryview) -> Frame:
+        addr, offset = parse_header(data)
+        return cls(addr, bytes(data[offset:]))
+
+    def __bytes__(self) -> bytes:
+        return pack_header(self.client) + self.payload

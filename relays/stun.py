@@ -1,0 +1,97 @@
+"""STUN sniffing for the relay: classify a datagram and read the USERNAME of Binding requests.
+
+The relay never runs ICE; it only needs enough of RFC 8489 to route the first packet of a flow.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+MAGIC_COOKIE = 0x2112A442  # RFC 8489 section 5
+HEADER_LENGTH = 20  # RFC 8489 section 5
+BINDING_REQUEST = 0x0001  # RFC 8489 section 18.2
+BINDING_SUCCESS = 0x0101  # RFC 8489 section 18.2
+ATTR_USERNAME = 0x0006  # RFC 8489 section 14.3
+ATTR_XOR_MAPPED_ADDRESS = 0x0020  # RFC 8489 section 14.2
+MAX_USERNAME = 513  # RFC 8489 section 14.3: < 513 bytes
+
+_HEADER = struct.Struct("!HHI12s")
+_ATTR = struct.Struct("!HH")
+
+
+class PacketClass(enum.Enum):
+    """RFC 7983 section 7 first-byte demultiplexing classes."""
+
+    STUN = "stun"  # 0..3
+    ZRTP = "zrtp"  # 16..19
+    DTLS = "dtls"  # 20..63
+    TURN_CHANNEL = "turn"  # 64..79
+    RTP = "rtp"  # 128..191 (RTP and RTCP)
+    UNKNOWN = "unknown"
+
+
+def classify(first_byte: int) -> PacketClass:
+    """Return the RFC 7983 class of a datagram from its first byte."""
+    if first_byte < 4:
+        return PacketClass.STUN
+    if 16 <= first_byte < 20:
+        return PacketClass.ZRTP
+    if 20 <= first_byte < 64:
+        return PacketClass.DTLS
+    if 64 <= first_byte < 80:
+        return PacketClass.TURN_CHANNEL
+    if 128 <= first_byte < 192:
+        return PacketClass.RTP
+    return PacketClass.UNKNOWN
+
+
+def looks_like_stun(data: bytes | memoryview) -> bool:
+    """Cheap RFC 8489 section 5 check: top bits zero, length fits and is 4-aligned, cookie."""
+    if len(data) < HEADER_LENGTH or data[0] & 0xC0:
+        return False
+    _, length, cookie, _ = _HEADER.unpack_from(data)
+    return cookie == MAGIC_COOKIE and length % 4 == 0 and length + HEADER_LENGTH == len(data)
+
+
+def is_binding_request(data: bytes | memoryview) -> bool:
+    """True for a well-framed STUN Binding request (RFC 8489 section 18.2)."""
+    return looks_like_stun(data) and _HEADER.unpack_from(data)[0] == BINDING_REQUEST
+
+
+def parse_username(data: bytes | memoryview) -> str:
+    """Return the USERNAME of a STUN message; ``ValueError`` when absent or malformed."""
+    if not looks_like_stun(data):
+        raise ValueError("not stun")
+    offset, end = HEADER_LENGTH, len(data)
+    while offset + 4 <= end:
+        attr_type, attr_len = _ATTR.unpack_from(data, offset)
+        value_end = offset + 4 + attr_len
+        if value_end > end:
+            raise ValueError("truncated attribute")
+        if attr_type == ATTR_USERNAME:
+            if attr_len > MAX_USERNAME:
+                raise ValueError("username too long")
+            try:
+                return bytes(data[offset + 4 : value_end]).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError("username not utf-8") from None
+        offset = value_end + (-attr_len % 4)  # attributes are padded to 4 bytes
+    raise ValueError("no username")
+
+
+def parse_server_ufrag(data: bytes | memoryview) -> str:
+    """Return the server half of a Binding request USERNAME ``server:client`` (RFC 8445 7.2.2)."""
+    if not is_binding_request(data):
+        raise ValueError("not a binding request")
+    server, sep, client = parse_username(data).partition(":")
+    if not sep or not server or not client:
+        raise ValueError("bad username")
+    return server
+
+
+def transaction_id(data: bytes | memoryview) -> bytes:
+    """Return the 96-bit transaction id of a STUN message."""
+    if not looks_like_stun(data):
+        raise ValueError("not stun")
+    return bytes(data[8:20])
