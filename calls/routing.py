@@ -1,0 +1,5 @@
+"""WebSocket routes (session events, dashboard)."""
+
+from django.urls import URLPattern
+
+websocket_urlpatterns: list[URLPattern] = []

@@ -1,0 +1,98 @@
+"""Names and records of the fleet's shared state in Redis (pure: no client, no clock).
+
+Keys (all under ``edge:``):
+
+- ``edge:transceivers`` hash ``id -> "host:port"``: internal sockets relays may frame to and accept
+  frames from. Written by a transceiver at start, removed at clean exit.
+- ``edge:hb:transceiver:<id>`` JSON ``TransceiverHeartbeat`` with a TTL.
+- ``edge:hb:relay:<shard>:<worker>`` JSON ``RelayHeartbeat`` with a TTL.
+- ``edge:flow:<shard>:<host>:<port>`` -> transceiver id, with a TTL the relay refreshes while
+  the flow carries packets; a restarted relay reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from relays.framing import Addr
+
+TRANSCEIVERS_KEY = "edge:transceivers"
+FLOW_TTL = 120  # seconds; longer than the relay's idle timeout, refreshed while in use
+
+
+def transceiver_heartbeat_key(transceiver_id: int) -> str:
+    return f"edge:hb:transceiver:{transceiver_id}"
+
+
+def relay_heartbeat_key(shard: int, worker: int) -> str:
+    return f"edge:hb:relay:{shard}:{worker}"
+
+
+def relay_heartbeat_pattern(shard: int | None = None) -> str:
+    return f"edge:hb:relay:{'*' if shard is None else shard}:*"
+
+
+def flow_key(shard: int, client: Addr) -> str:
+    return f"edge:flow:{shard}:{client[0]}:{client[1]}"
+
+
+def transceiver_channel(transceiver_id: int) -> str:
+    """Channels-layer channel a transceiver receives control requests on."""
+    return f"transceiver.{transceiver_id}"
+
+
+def session_group(session_id: str) -> str:
+    """Channels-layer group that receives a session's events (the page's WebSocket)."""
+    return f"session.{session_id}"
+
+
+def format_addr(addr: Addr) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def parse_addr(text: str) -> Addr:
+    """Parse ``host:port`` (IPv6 hosts unbracketed, split on the last colon)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 0xFFFF:
+        raise ValueError("bad address")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class TransceiverHeartbeat:
+    transceiver_id: int
+    bind: str
+    pid: int
+    sessions: int
+    connected: int
+    capacity: int
+    loop_lag_ms: float
+    draining: bool
+    sent_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TransceiverHeartbeat:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class RelayHeartbeat:
+    shard: int
+    worker: int
+    public: str
+    internal: str
+    pid: int
+    flows: int
+    counters: dict[str, int] = field(default_factory=dict)
+    sent_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RelayHeartbeat:
+        return cls(**json.loads(text))

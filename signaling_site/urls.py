@@ -1,0 +1,9 @@
+"""URL map: the WHIP API, the demo page, the admin."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("calls.urls")),
+]

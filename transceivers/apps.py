@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class TransceiversConfig(AppConfig):
+    name = "transceivers"
+    verbose_name = "Transceivers"
