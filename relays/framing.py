@@ -53,8 +53,17 @@ def parse_header(data: bytes | memoryview) -> tuple[Addr, int]:
     if family == FAMILY_V4:
         return (str(ipaddress.IPv4Address(bytes(data[4:8]))), port), HEADER_V4
     if family == FAMILY_V6 and len(data) >= HEADER_V6:
-        return (str(ipaddress.IPv6Address(bytes(data[4:20]))), port), HEADER_V6
+        return (_format_v6(ipaddress.IPv6Address(bytes(data[4:20]))), port), HEADER_V6
     raise ValueError("bad frame family")
+
+
+def _format_v6(ip: ipaddress.IPv6Address) -> str:
+    """Format like ``inet_ntop`` (what ``recvfrom`` reports), so flow keys from both agree.
+
+    Python 3.11 prints v4-mapped ``::ffff:102:304``; the kernel says ``::ffff:1.2.3.4``.
+    """
+    mapped = ip.ipv4_mapped
+    return f"::ffff:{mapped}" if mapped is not None else str(ip)
 
 
 def header_length(data: bytes | memoryview) -> int:

@@ -14,7 +14,7 @@ BINDING_REQUEST = 0x0001  # RFC 8489 section 18.2
 BINDING_SUCCESS = 0x0101  # RFC 8489 section 18.2
 ATTR_USERNAME = 0x0006  # RFC 8489 section 14.3
 ATTR_XOR_MAPPED_ADDRESS = 0x0020  # RFC 8489 section 14.2
-MAX_USERNAME = 513  # RFC 8489 section 14.3: < 513 bytes
+MAX_USERNAME = 512  # RFC 8489 section 14.3: fewer than 513 bytes
 
 _HEADER = struct.Struct("!HHI12s")
 _ATTR = struct.Struct("!HH")

@@ -70,6 +70,8 @@ def validate_ufrag(ufrag: str, *, keys: Mapping[int, bytes]) -> UfragClaims:
         raw = base64.b64decode(ufrag, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("bad ufrag encoding") from None
+    if len(raw) != _BODY.size + MAC_BYTES:  # "=" padding decodes to fewer bytes
+        raise ValueError("bad ufrag encoding")
     body, mac = raw[: _BODY.size], raw[_BODY.size :]
     ver_kid, shard, transceiver, nonce = _BODY.unpack(body)
     if ver_kid >> 4 != UFRAG_VERSION:
@@ -94,7 +96,7 @@ def parse_keyring(spec: str) -> dict[int, bytes]:
     keys: dict[int, bytes] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         kid, sep, secret = item.partition(":")
-        if not sep or not kid.isdigit() or not secret:
+        if not sep or not (kid.isascii() and kid.isdigit()) or not secret:
             raise ValueError("bad keyring entry")
         if not 0 <= int(kid) <= MAX_KEY_ID:
             raise ValueError("key id out of range")

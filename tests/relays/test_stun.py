@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from relays import stun
+from tests.relays.conftest import FIXTURE_UFRAG
+
+Hex = Callable[[str], bytes]
+
+
+def _message(msg_type: int, attrs: bytes, tid: bytes = b"\x01" * 12) -> bytes:
+    return struct.pack("!HHI12s", msg_type, len(attrs), stun.MAGIC_COOKIE, tid) + attrs
+
+
+def _attr(attr_type: int, value: bytes) -> bytes:
+    return struct.pack("!HH", attr_type, len(value)) + value + b"\x00" * (-len(value) % 4)
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        (0, stun.PacketClass.STUN),
+        (3, stun.PacketClass.STUN),
+        (4, stun.PacketClass.UNKNOWN),
+        (16, stun.PacketClass.ZRTP),
+        (19, stun.PacketClass.ZRTP),
+        (20, stun.PacketClass.DTLS),
+        (22, stun.PacketClass.DTLS),
+        (63, stun.PacketClass.DTLS),
+        (64, stun.PacketClass.TURN_CHANNEL),
+        (79, stun.PacketClass.TURN_CHANNEL),
+        (80, stun.PacketClass.UNKNOWN),
+        (127, stun.PacketClass.UNKNOWN),
+        (128, stun.PacketClass.RTP),
+        (191, stun.PacketClass.RTP),
+        (192, stun.PacketClass.UNKNOWN),
+        (0xE1, stun.PacketClass.UNKNOWN),  # the frame magic is outside every class
+        (255, stun.PacketClass.UNKNOWN),
+    ],
+)
+def test_classify_rfc7983_ranges(first: int, expected: stun.PacketClass) -> None:
+    assert stun.classify(first) is expected
+
+
+@pytest.mark.parametrize("name", ["aioice_binding_request.hex", "chrome_binding_request.hex"])
+def test_real_binding_requests(hexdata: Hex, name: str) -> None:
+    data = hexdata(name)
+    assert stun.classify(data[0]) is stun.PacketClass.STUN
+    assert stun.looks_like_stun(data)
+    assert stun.is_binding_request(data)
+    assert stun.parse_server_ufrag(data) == FIXTURE_UFRAG
+    assert stun.parse_username(memoryview(data)).startswith(FIXTURE_UFRAG + ":")
+    assert stun.transaction_id(data) == data[8:20]
+
+
+def test_binding_response_is_stun_but_not_a_request(hexdata: Hex) -> None:
+    data = hexdata("aioice_binding_response.hex")
+    assert stun.looks_like_stun(data)
+    assert not stun.is_binding_request(data)
+    with pytest.raises(ValueError, match="^not a binding request$"):
+        stun.parse_server_ufrag(data)
+    with pytest.raises(ValueError, match="^no username$"):
+        stun.parse_username(data)
+
+
+def test_looks_like_stun_rejects_bad_framing(hexdata: Hex) -> None:
+    good = hexdata("aioice_binding_request.hex")
+    assert not stun.looks_like_stun(good[:-4])  # length field disagrees
+    assert not stun.looks_like_stun(good + b"\x00\x00\x00\x00")
+    assert not stun.looks_like_stun(good[:4] + b"\x00\x00\x00\x00" + good[8:])  # cookie
+    assert not stun.looks_like_stun(b"\x40" + good[1:])  # top bits set
+    assert not stun.looks_like_stun(good[:19])
+    assert not stun.looks_like_stun(b"")
+    odd = _message(stun.BINDING_REQUEST, b"\x00\x06\x00\x01a\x00\x00")  # length 7 not aligned
+    assert not stun.looks_like_stun(odd)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        (b"", "no username"),
+        (_attr(0x0024, b"\x00\x00\x00\x01"), "no username"),
+        (struct.pack("!HH", stun.ATTR_USERNAME, 40) + b"abcd", "truncated attribute"),
+        (_attr(stun.ATTR_USERNAME, b"a" * 513), "username too long"),
+        (_attr(stun.ATTR_USERNAME, b"\xff\xfe:ab"), "username not utf-8"),
+    ],
+)
+def test_parse_username_errors(attrs: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        stun.parse_username(_message(stun.BINDING_REQUEST, attrs))
+
+
+def test_parse_username_skips_padded_attributes() -> None:
+    attrs = _attr(0xC057, b"\x00\x01\x00") + _attr(stun.ATTR_USERNAME, b"srv:cli")
+    assert stun.parse_username(_message(stun.BINDING_REQUEST, attrs)) == "srv:cli"
+    assert stun.parse_username(_message(1, _attr(stun.ATTR_USERNAME, b"a" * 512))) == "a" * 512
+
+
+def test_parse_username_not_stun() -> None:
+    with pytest.raises(ValueError, match="^not stun$"):
+        stun.parse_username(b"\x16\xfe\xfd" + b"\x00" * 30)
+    with pytest.raises(ValueError, match="^not stun$"):
+        stun.transaction_id(b"\x00")
+
+
+@pytest.mark.parametrize("username", [b"nocolon", b":client", b"server:"])
+def test_parse_server_ufrag_bad_username(username: bytes) -> None:
+    with pytest.raises(ValueError, match="^bad username$"):
+        stun.parse_server_ufrag(_message(stun.BINDING_REQUEST, _attr(stun.ATTR_USERNAME, username)))
+
+
+def test_random_bytes_raise_only_value_error(hexdata: Hex) -> None:
+    rng = random.Random(7983)
+    seeds = [hexdata("aioice_binding_request.hex"), hexdata("chrome_binding_request.hex")]
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            data = rng.randbytes(rng.randrange(0, 80))
+        else:  # mutate a real request so the parser goes deep
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randrange(1, 6)):
+                data[rng.randrange(20, len(data))] = rng.randrange(256)
+            data = bytes(data)
+        stun.classify(data[0]) if data else None
+        stun.looks_like_stun(data)
+        stun.is_binding_request(data)
+        for parse in (stun.parse_username, stun.parse_server_ufrag, stun.transaction_id):
+            try:
+                parse(data)
+            except ValueError:
+                pass
