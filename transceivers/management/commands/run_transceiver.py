@@ -1,0 +1,47 @@
+"""``manage.py run_transceiver --id N --bind HOST:PORT [--region CODE] [--capacity N]``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging.config
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from geo.models import Region
+from geo.selectors import region_by_code
+from transceivers.daemon import TransceiverConfig, serve
+
+
+class Command(BaseCommand):
+    help = "Run a transceiver: one internal UDP socket for all its WebRTC sessions."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--id", type=int, required=True, dest="transceiver_id")
+        parser.add_argument("--bind", required=True, help="HOST:PORT of the internal socket")
+        parser.add_argument("--region", default=settings.DEFAULT_REGION)
+        parser.add_argument("--capacity", type=int, default=settings.TRANSCEIVER_CAPACITY)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        host, port = _parse_bind(options["bind"])
+        try:
+            region_by_code(code=options["region"])  # fail fast; serve() upserts the row
+        except Region.DoesNotExist:
+            raise CommandError(f"unknown region {options['region']!r}") from None
+        config = TransceiverConfig(
+            transceiver_id=options["transceiver_id"], bind_host=host, bind_port=port,
+            redis_url=settings.REDIS_URL, region_code=options["region"],
+            capacity=options["capacity"], connect_timeout=settings.SESSION_CONNECT_TIMEOUT,
+            heartbeat_interval=settings.HEARTBEAT_INTERVAL, heartbeat_ttl=settings.HEARTBEAT_TTL,
+        )
+        logging.config.dictConfig(settings.LOGGING)
+        asyncio.run(serve(config))
+
+
+def _parse_bind(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` with port 0 allowed (the kernel picks; the registry gets the real one)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 0xFFFF:
+        raise CommandError(f"bad --bind {text!r}: want HOST:PORT")
+    return host.strip("[]"), int(port)
