@@ -20,7 +20,9 @@ class Region(models.Model):
         ordering = ["code"]
         constraints = [
             models.UniqueConstraint(
-                fields=["is_default"], condition=models.Q(is_default=True), name="one_default_region"
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="one_default_region",
             )
         ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.conf import settings
 from django.db import transaction
 
@@ -31,4 +33,11 @@ def region_ensure_default() -> Region:
         return region
     return region_upsert(
         code=settings.DEFAULT_REGION, name="Local", latitude=0.0, longitude=0.0, is_default=True
+    )
+
+
+def regions_set_enabled(*, codes: Iterable[str], enabled: bool) -> int:
+    """Enable or disable the regions ``codes``; return how many rows changed."""
+    return Region.objects.filter(code__in=list(codes)).exclude(enabled=enabled).update(
+        enabled=enabled
     )
