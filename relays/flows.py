@@ -1,6 +1,7 @@
 """The relay's flow table: client ip:port -> transceiver, bounded, with idle expiry.
 
-Pure: time comes in as ``now``. One dict keyed by client address; the only removal path is
+Pure: time comes in as ``now``. One dict keyed by client address (plus an index by
+precomputed frame header, for the transceiver->client path); the only removal path is
 ``FlowTable.remove`` (expiry and eviction go through it).
 """
 
@@ -40,6 +41,7 @@ class FlowTable:
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
         self._flows: dict[Addr, Flow] = {}
+        self._by_header: dict[bytes, Flow] = {}
         self.evicted = 0
         self.expired = 0
 
@@ -53,6 +55,10 @@ class FlowTable:
         """Return the flow for ``client`` or None. Callers touch ``last_seen`` themselves."""
         return self._flows.get(client)
 
+    def get_by_header(self, header: bytes) -> Flow | None:
+        """Return the flow whose frame header is ``header`` (saves decoding the address)."""
+        return self._by_header.get(header)
+
     def learn(self, client: Addr, *, transceiver_id: int, transceiver: Addr, now: float) -> Flow:
         """Insert or re-point the flow for ``client``; evict the oldest flow when full."""
         flow = self._flows.get(client)
@@ -64,11 +70,15 @@ class FlowTable:
             self.evicted += 1
         flow = Flow(client, transceiver_id, transceiver, pack_header(client), now)
         self._flows[client] = flow
+        self._by_header[flow.header] = flow
         return flow
 
     def remove(self, client: Addr) -> Flow | None:
         """Remove and return the flow for ``client`` (the one removal path)."""
-        return self._flows.pop(client, None)
+        flow = self._flows.pop(client, None)
+        if flow is not None:
+            del self._by_header[flow.header]
+        return flow
 
     def expire(self, now: float) -> list[Flow]:
         """Remove and return every flow idle for longer than ``idle_timeout``."""

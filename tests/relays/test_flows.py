@@ -16,6 +16,9 @@ def test_learn_get_and_precomputed_header() -> None:
     assert (flow.transceiver_id, flow.transceiver, flow.last_seen) == (3, XCVR, 1.0)
     assert table.get(("192.0.2.1", 5001)) is None
     assert len(table) == 1 and list(table) == [flow]
+    assert table.get_by_header(flow.header) is flow
+    table.remove(flow.client)
+    assert table.get_by_header(flow.header) is None
 
 
 def test_relearn_repoints_in_place() -> None:
@@ -32,6 +35,7 @@ def test_bound_evicts_oldest_learned() -> None:
         table.learn(("192.0.2.1", port), transceiver_id=1, transceiver=XCVR, now=float(port))
     assert len(table) == 3 and table.evicted == 2
     assert table.get(("192.0.2.1", 0)) is None and table.get(("192.0.2.1", 1)) is None
+    assert table.get_by_header(pack_header(("192.0.2.1", 0))) is None
     assert table.get(("192.0.2.1", 4)) is not None
 
 
