@@ -100,6 +100,11 @@ class GeoLocator:
         latitude, longitude = record.location.latitude, record.location.longitude
         if latitude is None or longitude is None:  # country-only rows: no point to steer by
             return None
+        try:
+            LatLon(float(latitude), float(longitude))
+        except ValueError:  # out-of-range coordinates would break ranking later
+            logger.warning("geoip database %s has bad coordinates for %s", self.path, ip)
+            return None
         return Location(
             latitude=float(latitude),
             longitude=float(longitude),

@@ -181,3 +181,8 @@ def test_default_database_locates_public_resolvers(settings: Settings) -> None:
     assert london is not None and london.country_iso_code == "GB"
     assert great_circle_km(london.point, LatLon(51.5074, -0.1278)) < 100
     assert locator.locate("10.0.0.1") is None
+
+
+def test_record_with_out_of_range_coordinates_is_none(tmp_path: Path) -> None:
+    path = write_city_db(tmp_path / "bad.mmdb", [CityEntry("81.2.69.0/24", 123.0, 0.0, "GB")])
+    assert GeoLocator(path).locate("81.2.69.1") is None
