@@ -62,8 +62,7 @@ def mint_ufrag(*, shard: int, transceiver: int, key_id: int, key: bytes, nonce: 
     return base64.b64encode(body + _mac(key, body)).decode("ascii")
 
 
-def validate_ufrag(ufrag: str, *, keys: Mapping[int, bytes]) -> UfragClaims:
-    """Decode and authenticate a server ufrag; raise ``ValueError`` when it is not ours."""
+def _split_ufrag(ufrag: str) -> tuple[bytes, bytes]:
     if len(ufrag) != UFRAG_LENGTH:
         raise ValueError("bad ufrag length")
     try:
@@ -72,16 +71,27 @@ def validate_ufrag(ufrag: str, *, keys: Mapping[int, bytes]) -> UfragClaims:
         raise ValueError("bad ufrag encoding") from None
     if len(raw) != _BODY.size + MAC_BYTES:  # "=" padding decodes to fewer bytes
         raise ValueError("bad ufrag encoding")
-    body, mac = raw[: _BODY.size], raw[_BODY.size :]
-    ver_kid, shard, transceiver, nonce = _BODY.unpack(body)
-    if ver_kid >> 4 != UFRAG_VERSION:
+    return raw[: _BODY.size], raw[_BODY.size :]
+
+
+def parse_ufrag(ufrag: str) -> UfragClaims:
+    """Decode a server ufrag WITHOUT authenticating it (for tools); ``ValueError`` if malformed."""
+    ver_kid, shard, transceiver, nonce = _BODY.unpack(_split_ufrag(ufrag)[0])
+    return UfragClaims(ver_kid >> 4, ver_kid & 0x0F, shard, transceiver, nonce)
+
+
+def validate_ufrag(ufrag: str, *, keys: Mapping[int, bytes]) -> UfragClaims:
+    """Decode and authenticate a server ufrag; raise ``ValueError`` when it is not ours."""
+    body, mac = _split_ufrag(ufrag)
+    claims = parse_ufrag(ufrag)
+    if claims.version != UFRAG_VERSION:
         raise ValueError("unknown ufrag version")
-    key = keys.get(ver_kid & 0x0F)
+    key = keys.get(claims.key_id)
     if key is None:
         raise ValueError("unknown ufrag key")
     if not hmac.compare_digest(mac, _mac(key, body)):
         raise ValueError("bad ufrag mac")
-    return UfragClaims(UFRAG_VERSION, ver_kid & 0x0F, shard, transceiver, nonce)
+    return claims
 
 
 def mint_password(random: bytes) -> str:

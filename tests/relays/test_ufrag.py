@@ -26,6 +26,15 @@ def test_fixture_ufrag_decodes() -> None:
     assert claims == ufrag.UfragClaims(1, 1, 7, 3, bytes.fromhex("0badf00d"))
 
 
+def test_parse_ufrag_does_not_authenticate() -> None:
+    forged = _mint(key=b"attacker", shard=9)
+    assert ufrag.parse_ufrag(forged).shard == 9
+    verified = ufrag.validate_ufrag(FIXTURE_UFRAG, keys=FIXTURE_KEYS)
+    assert ufrag.parse_ufrag(FIXTURE_UFRAG) == verified
+    with pytest.raises(ValueError, match="^bad ufrag length$"):
+        ufrag.parse_ufrag("abc")
+
+
 @pytest.mark.parametrize(("shard", "xcvr"), [(1, 1), (0, 0), (65535, 65535), (7, 3)])
 def test_round_trip(shard: int, xcvr: int) -> None:
     text = _mint(shard=shard, transceiver=xcvr)
