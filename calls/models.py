@@ -25,7 +25,9 @@ class Session(models.Model):
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     region = models.ForeignKey("geo.Region", on_delete=models.PROTECT, related_name="sessions")
     region_reason = models.CharField(max_length=64, blank=True)
-    relay = models.ForeignKey("relays.RelayShard", on_delete=models.PROTECT, related_name="sessions")
+    relay = models.ForeignKey(
+        "relays.RelayShard", on_delete=models.PROTECT, related_name="sessions"
+    )
     transceiver = models.ForeignKey(
         "transceivers.Transceiver", on_delete=models.PROTECT, related_name="sessions"
     )

@@ -1,3 +1,8 @@
 from django.urls import path
 
-urlpatterns: list = []
+from calls import views
+
+urlpatterns = [
+    path("v1/sessions", views.sessions_collection, name="sessions"),
+    path("v1/sessions/<uuid:session_id>", views.session_resource, name="session"),
+]

@@ -24,3 +24,8 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment plus ``overrides``, for the children ``manage.py up`` starts."""
+    return {**os.environ, **overrides}

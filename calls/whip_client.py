@@ -1,0 +1,202 @@
+"""A WHIP client on aiortc: sends a 440 Hz tone, records what comes back, measures the echo.
+
+Used by ``manage.py call`` (a smoke test for operators), the end-to-end tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+SAMPLE_RATE = 48_000
+FRAME_SAMPLES = 960  # 20 ms
+TONE_HZ = 440.0
+_FFT_SIZE = 4800  # zero-padded: 10 Hz bins
+
+
+def dominant_frequency(samples: np.ndarray) -> tuple[float, float]:
+    """Return (peak Hz, share of spectral energy within +-20 Hz of the peak) of mono samples."""
+    x = samples.astype(np.float64)
+    if not np.any(x):
+        return 0.0, 0.0
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)), n=_FFT_SIZE)) ** 2
+    peak = int(np.argmax(spectrum))
+    band = spectrum[max(0, peak - 2) : peak + 3].sum()
+    return peak * SAMPLE_RATE / _FFT_SIZE, float(band / spectrum.sum())
+
+
+def is_tone(frame: AudioFrame, hz: float = TONE_HZ) -> bool:
+    """True when ``frame`` is dominated by a tone at ``hz`` (+-20 Hz)."""
+    samples = frame.to_ndarray()
+    mono = samples[0, :: len(frame.layout.channels)] if samples.ndim == 2 else samples
+    peak, share = dominant_frequency(mono)
+    return abs(peak - hz) <= 20 and share > 0.5
+
+
+class ToneTrack(MediaStreamTrack):
+    """A paced 48 kHz mono 440 Hz tone for ``seconds``, then silence; counts what it sent."""
+
+    kind = "audio"
+
+    def __init__(self, seconds: float, hz: float = TONE_HZ) -> None:
+        super().__init__()
+        self.tone_frames = int(seconds * SAMPLE_RATE / FRAME_SAMPLES)
+        self.sent = 0
+        self.tone_sent = 0
+        self._hz = hz
+        self._start: float | None = None
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self.sent * FRAME_SAMPLES / SAMPLE_RATE
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        pts = self.sent * FRAME_SAMPLES
+        if self.sent < self.tone_frames:
+            t = (pts + np.arange(FRAME_SAMPLES)) / SAMPLE_RATE
+            samples = (np.sin(2 * np.pi * self._hz * t) * 8000).astype(np.int16)
+            self.tone_sent += 1
+        else:
+            samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = pts
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self.sent += 1
+        return frame
+
+
+@dataclass
+class Received:
+    """Frames that came back: arrival time (monotonic) and whether each was the tone."""
+
+    times: list[float] = field(default_factory=list)
+    tone: list[bool] = field(default_factory=list)
+
+    @property
+    def tone_frames(self) -> int:
+        return sum(self.tone)
+
+    def first_tone_at(self) -> float | None:
+        return next((t for t, ok in zip(self.times, self.tone, strict=True) if ok), None)
+
+
+class WhipError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Call:
+    """One WHIP session from offer to DELETE."""
+
+    base_url: str
+    seconds: float = 5.0
+    region: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    pc: RTCPeerConnection = field(init=False)
+    track: ToneTrack = field(init=False)
+    received: Received = field(default_factory=Received)
+    answer: str = ""
+    location: str = ""
+    response_headers: dict[str, str] = field(default_factory=dict)
+    offered_at: float = 0.0
+    connected_at: float | None = None
+    _reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Offer, POST, apply the answer. Raises ``WhipError`` on a non-201 answer."""
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.track = ToneTrack(self.seconds)
+        self.pc.addTrack(self.track)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self.offered_at = time.monotonic()
+        url = urljoin(self.base_url, "/v1/sessions")
+        if self.region:
+            url += f"?region={self.region}"
+        status, headers, body = await asyncio.to_thread(
+            http_request, "POST", url, self.pc.localDescription.sdp.encode(),
+            {"Content-Type": "application/sdp", **self.headers},
+        )
+        if status != 201:
+            raise WhipError(status, body.decode(errors="replace"))
+        self.response_headers, self.answer = headers, body.decode()
+        self.location = urljoin(self.base_url, headers["Location"])
+        await self.pc.setRemoteDescription(RTCSessionDescription(self.answer, "answer"))
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState == "connected" and self.connected_at is None:
+            self.connected_at = time.monotonic()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._reader = asyncio.ensure_future(self._read(track))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.received.times.append(time.monotonic())
+            self.received.tone.append(isinstance(frame, AudioFrame) and is_tone(frame))
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.connected_at is None:
+            if self.pc.connectionState in ("failed", "closed") or time.monotonic() > deadline:
+                raise TimeoutError(f"not connected: {self.pc.connectionState}")
+            await asyncio.sleep(0.01)
+
+    async def play(self) -> None:
+        """Wait until the tone has been sent and its echo had time to return."""
+        while self.track.tone_sent < self.track.tone_frames:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        """DELETE the session and close the peer connection."""
+        if self.location:
+            await asyncio.to_thread(http_request, "DELETE", self.location, b"", {})
+        await self.pc.close()
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def echo_ratio(self) -> float:
+        """Echoed tone frames / tone frames sent."""
+        return self.received.tone_frames / max(1, self.track.tone_sent)
+
+
+def http_request(
+    method: str, url: str, body: bytes, headers: dict[str, str], timeout: float = 15.0
+) -> tuple[int, dict[str, str], bytes]:
+    """Blocking HTTP request returning (status, headers, body) for any status."""
+    request = urllib.request.Request(url, data=body or None, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def get_json(url: str) -> dict[str, object]:
+    status, _, body = http_request("GET", url, b"", {})
+    if status != 200:
+        raise WhipError(status, body.decode(errors="replace"))
+    return dict(json.loads(body))

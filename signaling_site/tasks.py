@@ -1,0 +1,17 @@
+"""Celery liveness: beat schedules it, a worker runs it, ``manage.py up`` waits for it."""
+
+from __future__ import annotations
+
+import time
+
+from celery import shared_task
+
+CELERY_HEARTBEAT_KEY = "edge:hb:celery"
+
+
+@shared_task(name="edge.celery_heartbeat", ignore_result=True, time_limit=10)
+def celery_heartbeat_task() -> None:
+    """Write the time a worker last ran a beat-scheduled task (idempotent: a plain SET)."""
+    from signaling_site.redis_client import get_redis
+
+    get_redis().set(CELERY_HEARTBEAT_KEY, str(time.time()), ex=60)
