@@ -1,0 +1,182 @@
+"""Reads for the dashboard: every region with its nodes, from the DB and the heartbeats in Redis.
+
+A snapshot is plain JSON-ready data; the consumer pushes it every second. Packets per second come
+from counter deltas between two snapshots (``packet_rates``, pure).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Q
+
+from calls.models import LIVE_STATES, Session
+from calls.selectors import MAX_RELAY_WORKERS
+from geo.models import Region
+from relays.models import RelayShard
+from relays.registry import (
+    RelayHeartbeat,
+    TransceiverHeartbeat,
+    relay_heartbeat_key,
+    transceiver_heartbeat_key,
+)
+from signaling_site.redis_client import get_redis
+from transceivers.models import Transceiver
+
+PACKET_COUNTERS = ("forwarded_in", "forwarded_out")
+DROP_PREFIX = "drop_"
+
+Sample = tuple[float, int]  # (heartbeat sent_at, packets forwarded so far) of one relay worker
+
+
+def packet_rates(
+    *, previous: Mapping[str, Sample], current: Mapping[str, Sample]
+) -> dict[str, float]:
+    """Packets/s per worker key from two samples; a restarted worker (counter went down) is 0."""
+    rates: dict[str, float] = {}
+    for key, (at, packets) in current.items():
+        before = previous.get(key)
+        if before is None or at <= before[0]:
+            continue
+        rates[key] = max(0, packets - before[1]) / (at - before[0])
+    return rates
+
+
+def _fresh(sent_at: float, now: float) -> bool:
+    return now - sent_at <= settings.HEARTBEAT_TTL
+
+
+def _relay_beats(shards: list[int]) -> dict[int, list[RelayHeartbeat]]:
+    keys = [relay_heartbeat_key(s, w) for s in shards for w in range(MAX_RELAY_WORKERS)]
+    beats: dict[int, list[RelayHeartbeat]] = defaultdict(list)
+    for value in get_redis().mget(keys) if keys else []:
+        if value:
+            beat = RelayHeartbeat.from_json(value)
+            beats[beat.shard].append(beat)
+    return beats
+
+
+def _transceiver_beats(ids: list[int]) -> dict[int, TransceiverHeartbeat]:
+    values = get_redis().mget([transceiver_heartbeat_key(i) for i in ids]) if ids else []
+    return {i: TransceiverHeartbeat.from_json(v) for i, v in zip(ids, values, strict=True) if v}
+
+
+def _relay_row(relay: RelayShard, beats: list[RelayHeartbeat], now: float) -> dict[str, Any]:
+    live = [b for b in beats if _fresh(b.sent_at, now)]
+    counters: dict[str, int] = defaultdict(int)
+    for beat in live:
+        for name, value in beat.counters.items():
+            counters[name] += value
+    return {
+        "kind": "relay",
+        "id": relay.shard_id,
+        "state": relay.state,
+        "up": bool(live),
+        "public": f"{relay.public_host}:{relay.public_port}",
+        "workers": len(live),
+        "flows": sum(b.flows for b in live),
+        "sessions": getattr(relay, "live", 0),
+        "packets": sum(counters[c] for c in PACKET_COUNTERS),
+        "pps": None,
+        "drops": {
+            name.removeprefix(DROP_PREFIX): value
+            for name, value in sorted(counters.items())
+            if name.startswith(DROP_PREFIX) and value
+        },
+        "samples": {f"{b.shard}:{b.worker}": [b.sent_at, _packets(b)] for b in live},
+    }
+
+
+def _packets(beat: RelayHeartbeat) -> int:
+    return sum(beat.counters.get(c, 0) for c in PACKET_COUNTERS)
+
+
+def _transceiver_row(
+    row: Transceiver, beat: TransceiverHeartbeat | None, now: float
+) -> dict[str, Any]:
+    up = beat is not None and _fresh(beat.sent_at, now)
+    live = getattr(row, "live", 0)
+    return {
+        "kind": "transceiver",
+        "id": row.transceiver_id,
+        "state": row.state,
+        "up": up,
+        "bind": f"{row.bind_host}:{row.bind_port}",
+        "sessions": live,
+        "connected": beat.connected if up and beat else 0,
+        "capacity": row.capacity,
+        "load": round(live / max(1, row.capacity), 3),
+        "loop_lag_ms": round(beat.loop_lag_ms, 1) if up and beat else None,
+        "draining": bool(beat and beat.draining) or row.state == "draining",
+    }
+
+
+def region_health(region: dict[str, Any]) -> str:
+    """``disabled``, ``down`` (no live relay or transceiver), ``degraded`` (some down) or ``up``."""
+    if not region["enabled"]:
+        return "disabled"
+    nodes = region["relays"] + region["transceivers"]
+    relays_up = any(n["up"] for n in region["relays"])
+    serving = any(n["up"] and not n["draining"] for n in region["transceivers"])
+    if not relays_up or not serving:
+        return "down"
+    return "up" if all(n["up"] for n in nodes) else "degraded"
+
+
+def fleet_snapshot() -> dict[str, Any]:
+    """Every region (by code) with its relays and transceivers, load, health and counters."""
+    now = time.time()
+    live = Count("sessions", filter=Q(sessions__state__in=LIVE_STATES))
+    relays = list(RelayShard.objects.annotate(live=live))
+    transceivers = list(Transceiver.objects.annotate(live=live))
+    relay_beats = _relay_beats([r.shard_id for r in relays])
+    transceiver_beats = _transceiver_beats([t.transceiver_id for t in transceivers])
+    regions = []
+    for region in Region.objects.order_by("code"):
+        entry: dict[str, Any] = {
+            "code": region.code, "name": region.name,
+            "latitude": region.latitude, "longitude": region.longitude,
+            "enabled": region.enabled, "is_default": region.is_default,
+            "relays": [
+                _relay_row(r, relay_beats.get(r.shard_id, []), now)
+                for r in relays if r.region_id == region.pk
+            ],
+            "transceivers": [
+                _transceiver_row(t, transceiver_beats.get(t.transceiver_id), now)
+                for t in transceivers if t.region_id == region.pk
+            ],
+        }
+        entry["sessions"] = sum(t["sessions"] for t in entry["transceivers"])
+        entry["health"] = region_health(entry)
+        regions.append(entry)
+    return {"at": now, "regions": regions, "sessions": _recent_sessions()}
+
+
+def _recent_sessions(limit: int = 8) -> list[dict[str, Any]]:
+    rows = Session.objects.select_related("region", "relay", "transceiver")[:limit]
+    return [
+        {
+            "id": str(s.id), "state": s.state, "region": s.region.code,
+            "region_reason": s.region_reason, "relay": s.relay.shard_id,
+            "transceiver": s.transceiver.transceiver_id, "created_at": s.created_at.isoformat(),
+        }
+        for s in rows
+    ]
+
+
+def snapshot_with_rates(
+    snapshot: dict[str, Any], previous: Mapping[str, Sample]
+) -> tuple[dict[str, Any], dict[str, Sample]]:
+    """Fill each relay's ``pps`` from the previous samples; return the samples to keep."""
+    samples: dict[str, Sample] = {}
+    for region in snapshot["regions"]:
+        for relay in region["relays"]:
+            current = {k: (float(v[0]), int(v[1])) for k, v in relay.pop("samples").items()}
+            rates = packet_rates(previous=previous, current=current)
+            relay["pps"] = round(sum(rates.values()), 1) if rates else None
+            samples.update(current)
+    return snapshot, samples
