@@ -101,6 +101,7 @@ class Relay:
         self._pending: dict[Addr, list[bytes]] = {}  # client -> datagrams awaiting lookup
         self._negative: dict[Addr, float] = {}  # client -> time its Redis miss expires
         self._lookup_wakeup = asyncio.Event()
+        self._write_lock = asyncio.Lock()  # one pipeline at a time keeps SET/DEL in order
         self._tasks: list[asyncio.Task[None]] = []
         self._public: socket.socket | None = None
         self._internal: socket.socket | None = None
@@ -369,9 +370,13 @@ class Relay:
         if not self._writes:
             return
         assert self._redis is not None
+        async with self._write_lock:
+            await self._write_batch(self._redis)
+
+    async def _write_batch(self, redis_client: aioredis.Redis) -> None:
         batch, self._writes = self._writes, {}
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with redis_client.pipeline(transaction=False) as pipe:
                 for client, transceiver_id in batch.items():
                     key = registry.flow_key(self.config.shard, client)
                     if transceiver_id is None:

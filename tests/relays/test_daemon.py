@@ -215,6 +215,19 @@ async def test_flow_table_bound_and_idle_expiry(
                 sock.close()
 
 
+async def test_active_flows_are_rewritten_to_redis(
+    redis_url: str, client: socket.socket, transceiver: socket.socket, redis_client: redis.Redis
+) -> None:
+    async with Relay(make_config(redis_url, flow_refresh_interval=0.05)) as relay:
+        await establish(relay, client, transceiver)
+        key = registry.flow_key(SHARD, addr_of(client))
+        await eventually(lambda: redis_client.exists(key) == 1)
+        redis_client.delete(key)  # e.g. Redis restarted without persistence
+        client.sendto(DTLS, relay.public_addr)
+        await recv(transceiver)
+        await eventually(lambda: redis_client.get(key) == str(XCVR).encode())
+
+
 async def test_heartbeat_is_published_with_ttl(
     relay: Relay, redis_client: redis.Redis
 ) -> None:
