@@ -79,6 +79,8 @@ class Command(BaseCommand):
         except (Stop, KeyboardInterrupt):
             self.stdout.write("[up] stopping")
         finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the stop
+                signal.signal(signum, signal.SIG_IGN)
             sup.stop(order=["celery-beat", "signaling"])
             if redis_proc is not None:
                 redis_proc.terminate()

@@ -1,0 +1,33 @@
+"""``manage.py up`` itself: a READY line, the URLs, and a clean stop of every child."""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+import pytest
+
+from tests.e2e.conftest import LOCAL, start_edge, stop_edge
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_up_is_ready_then_stops_every_child(
+    e2e_redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    regions = json.loads(json.dumps(LOCAL))
+    regions[0]["code"] = "solo"
+    edge = start_edge(tmp_path_factory.mktemp("up"), e2e_redis_url, regions)
+    ready = [line for line in edge.lines if line.startswith("READY ")]
+    assert ready == [f"READY {edge.base_url}/ relays=solo:127.0.0.1:{edge.relay_public(1)[1]}"]
+    assert any("WHIP" in line and "/v1/sessions" in line for line in edge.lines)
+    children = edge.children()
+    assert set(children) == {"relay-1", "transceiver-1", "signaling", "celery-worker",
+                             "celery-beat"}
+    descendants = [p.pid for pid in children.values() for p in
+                   [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]]
+    assert stop_edge(edge) == 0
+    alive = [pid for pid in descendants if psutil.pid_exists(pid)
+             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], alive
+    assert not (edge.var_dir / "run" / "up.json").exists()
