@@ -4,6 +4,7 @@
 (() => {
   const PROBE_HZ = 2400;        // chirp frequency; far from speech formants and the fake mic beep
   const PROBE_MS = 40;          // chirp length
+  const PROBE_GAIN = 0.4;
   const PROBE_EVERY_MS = 2000;
   const PROBE_TIMEOUT_MS = 1500; // a chirp not heard back by then is counted as lost
   const GATHER_TIMEOUT_MS = 5000;
@@ -110,7 +111,7 @@
     band.frequency.value = PROBE_HZ;
     band.Q.value = 30;
     audio.probeAnalyser = ctx.createAnalyser();
-    audio.probeAnalyser.fftSize = 256;
+    audio.probeAnalyser.fftSize = 256; // 5 ms at 48 kHz: the timing resolution
     source.connect(audio.inAnalyser);
     source.connect(band).connect(audio.probeAnalyser);
   }
@@ -124,25 +125,25 @@
 
   function startProbe(c) {
     const a = c.audio;
-    const buf = new Float32Array(512);
-    const probe = { sentAt: null, floor: 0.001, results: [], lost: 0 };
+    const band = new Float32Array(256), full = new Float32Array(512);
+    const probe = { sentAt: null, results: [], lost: 0 };
     c.probe = probe;
     c.timers.push(setInterval(() => {
       if (!a.probeAnalyser || probe.sentAt !== null) return;
       const at = a.ctx.currentTime + 0.05;
-      a.gate.gain.setValueAtTime(0.5, at);
+      a.gate.gain.setValueAtTime(PROBE_GAIN, at);
       a.gate.gain.setValueAtTime(0, at + PROBE_MS / 1000);
       probe.sentAt = at;
     }, PROBE_EVERY_MS));
     c.timers.push(setInterval(() => {
-      if (!a.probeAnalyser) return;
-      const level = rms(a.probeAnalyser, buf.subarray(0, a.probeAnalyser.fftSize));
+      if (!a.probeAnalyser || probe.sentAt === null) return;
       const now = a.ctx.currentTime;
-      if (probe.sentAt === null || now < probe.sentAt) {
-        probe.floor = 0.9 * probe.floor + 0.1 * level; // noise in the probe band between chirps
-        return;
-      }
-      if (level > Math.max(0.01, probe.floor * 6)) {
+      if (now < probe.sentAt) return;
+      // The chirp's echo: loud in the probe band AND most of what arrives (the fake microphone's
+      // beep and speech are broadband, so they fail the second test).
+      const inBand = rms(a.probeAnalyser, band);
+      const total = rms(a.inAnalyser, full);
+      if (inBand > 0.05 && inBand > 0.6 * total) {
         probe.results.push((now - probe.sentAt) * 1000);
         probe.sentAt = null;
         showProbe(probe);
@@ -151,7 +152,7 @@
         probe.sentAt = null;
         showProbe(probe);
       }
-    }, 5));
+    }, 4));
   }
 
   function showProbe(probe) {
@@ -163,6 +164,10 @@
     }
     const sorted = [...r].sort((x, y) => x - y);
     const median = sorted[Math.floor(sorted.length / 2)];
+    const out = $("m2e");
+    out.dataset.last = String(Math.round(r[r.length - 1]));
+    out.dataset.median = String(Math.round(median));
+    out.dataset.count = String(probe.results.length);
     setText("m2e", `${Math.round(r[r.length - 1])} ms`);
     setText("m2e-detail",
       `Median ${Math.round(median)} ms over the last ${r.length} chirps` +
@@ -191,7 +196,7 @@
     setText("rtt", rtt === null ? "—" : `${(rtt * 1000).toFixed(1)} ms`);
     if (pair) {
       const remote = byId.get(pair.remoteCandidateId);
-      if (remote) setText("path", `relay ${remote.address || remote.ip}:${remote.port}/${remote.protocol}`);
+      if (remote) setText("path", `${remote.address || remote.ip}:${remote.port} ${remote.protocol}`);
     }
     if (inbound) {
       setText("jitter", inbound.jitter === undefined ? "—" : `${(inbound.jitter * 1000).toFixed(1)} ms`);
@@ -200,16 +205,16 @@
       setText("loss", total ? `${((100 * lost) / total).toFixed(2)} % (${lost} of ${total})` : "—");
       const delta = c.lastReceived === null ? null : inbound.packetsReceived - c.lastReceived;
       c.lastReceived = inbound.packetsReceived;
-      setText("received", `${inbound.packetsReceived} packets, ${fmtBytes(inbound.bytesReceived || 0)}` +
-        (delta === null ? "" : ` (+${delta}/s)`));
-      const energy = inbound.totalAudioEnergy || 0;
-      setText("energy", `${energy.toFixed(4)}, level ${(inbound.audioLevel || 0).toFixed(3)}`);
+      setText("received", `${inbound.packetsReceived} pkts · ${fmtBytes(inbound.bytesReceived || 0)}`);
+      if (delta !== null) setText("receive-rate", `${delta} pkts/s`);
+      // Headless Chromium reports 0 here even when audio arrives: the packet counts are the proof.
+      setText("energy", `in ${(inbound.audioLevel || 0).toFixed(3)}` +
+        (source && source.audioLevel !== undefined ? ` · out ${source.audioLevel.toFixed(3)}` : ""));
       $("received").dataset.packets = String(inbound.packetsReceived || 0);
       $("received").dataset.bytes = String(inbound.bytesReceived || 0);
     }
     if (outbound) {
-      setText("sent", `${outbound.packetsSent} packets, ${fmtBytes(outbound.bytesSent || 0)}` +
-        (source && source.audioLevel !== undefined ? `, level ${source.audioLevel.toFixed(3)}` : ""));
+      setText("sent", `${outbound.packetsSent} pkts · ${fmtBytes(outbound.bytesSent || 0)}`);
     }
   }
 
