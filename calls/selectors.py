@@ -38,26 +38,34 @@ class RegionCapacity:
     """A region's live relays and the transceivers that can take a session, least loaded first."""
 
     region: Region
-    relays: tuple[RelayShard, ...]
-    transceivers: tuple[TransceiverLoad, ...]
+    relays: tuple[RelayShard, ...]  # live ones
+    transceivers: tuple[TransceiverLoad, ...]  # all of the region's
+
+    @property
+    def available(self) -> tuple[TransceiverLoad, ...]:
+        """Transceivers that can take a session now, least loaded first."""
+        return tuple(sorted((t for t in self.transceivers if t.available), key=lambda t: t.load))
 
     @property
     def usable(self) -> bool:
-        return self.region.enabled and bool(self.relays) and bool(self.transceivers)
+        return self.region.enabled and bool(self.relays) and bool(self.available)
 
     @property
     def load(self) -> float:
-        if not self.transceivers:
+        live = [t for t in self.transceivers if t.heartbeat is not None]
+        if not live:
             return 1.0
-        return sum(t.load for t in self.transceivers) / len(self.transceivers)
+        capacity = sum(t.transceiver.capacity for t in live)
+        return min(1.0, sum(t.live_sessions for t in live) / max(1, capacity))
 
     @property
-    def unusable_reason(self) -> str:
+    def status(self) -> str:
+        """``ok`` or why the region cannot take a session: disabled, no_relay, no_transceiver."""
         if not self.region.enabled:
             return "disabled"
         if not self.relays:
             return "no_relay"
-        return "no_transceiver" if not self.transceivers else ""
+        return "no_transceiver" if not self.available else "ok"
 
 
 def relays_live(*, relays: Iterable[RelayShard]) -> list[RelayShard]:
@@ -92,9 +100,8 @@ def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCap
         )
     )
     beats = transceiver_heartbeats(ids=[t.transceiver_id for t in rows])
-    loads = [TransceiverLoad(t, t.live, beats.get(t.transceiver_id)) for t in rows]
-    usable = sorted((t for t in loads if t.available), key=lambda t: t.load)
-    return RegionCapacity(region, tuple(relays), tuple(usable))
+    loads = tuple(TransceiverLoad(t, t.live, beats.get(t.transceiver_id)) for t in rows)
+    return RegionCapacity(region, tuple(relays), loads)
 
 
 def session_get(*, session_id: str) -> Session | None:
@@ -125,12 +132,12 @@ def placement_choose(
     for region, reason in ranked:
         capacity = region_capacity(region=region, exclude=exclude)
         if not capacity.usable:
-            skipped.append(f"{region.code}-{capacity.unusable_reason}")
+            skipped.append(f"{region.code}-{capacity.status}")
             continue
         relay = min(
             capacity.relays,
             key=lambda r: (r.sessions.filter(state__in=LIVE_STATES).count(), r.shard_id),
         )
         why = f"fallback:{skipped[0]}" if skipped else reason
-        return Placement(region, why, relay, capacity.transceivers[0].transceiver)
+        return Placement(region, why, relay, capacity.available[0].transceiver)
     return None

@@ -6,7 +6,7 @@ from django.http import HttpRequest
 
 from geo.client_address import client_address
 from geo.distance import RegionCandidate, rank_regions
-from geo.geoip import get_locator
+from geo.geoip import Location, get_locator
 from geo.models import Region
 from geo.steering import get_trusted_proxies
 
@@ -23,6 +23,11 @@ def client_ip_of(request: HttpRequest) -> str | None:
     return client_address(peer, request.headers.get("X-Forwarded-For"), get_trusted_proxies())
 
 
+def locate_client(client_ip: str | None) -> Location | None:
+    """Where the caller is, or None for private, unknown or missing addresses."""
+    return get_locator().locate(client_ip) if client_ip else None
+
+
 def rank_regions_for(*, client_ip: str | None, pinned: str | None) -> list[tuple[Region, str]]:
     """Every region best-first for ``client_ip`` with the reason the first would be chosen.
 
@@ -34,7 +39,7 @@ def rank_regions_for(*, client_ip: str | None, pinned: str | None) -> list[tuple
             raise SteeringError(f"unknown region {pinned!r}")
         return [(region, "pinned")]
     regions = {r.code: r for r in Region.objects.all()}
-    location = get_locator().locate(client_ip) if client_ip else None
+    location = locate_client(client_ip)
     candidates = [
         RegionCandidate(code=r.code, latitude=r.latitude, longitude=r.longitude,
                         is_default=r.is_default)

@@ -20,8 +20,15 @@ from calls.models import Session
 from calls.problems import problem
 from calls.ratelimit import rate_limited
 from calls.sdp import validate_offer
-from calls.selectors import Placement, placement_choose, session_get
-from calls.steering import SteeringError, client_ip_of, rank_regions_for
+from calls.selectors import (
+    Placement,
+    RegionCapacity,
+    placement_choose,
+    region_capacity,
+    session_get,
+)
+from calls.steering import SteeringError, client_ip_of, locate_client, rank_regions_for
+from geo.distance import LatLon, great_circle_km
 from transceivers.control import ControlError, ControlTimeout, request_answer, request_close
 
 logger = logging.getLogger(__name__)
@@ -215,3 +222,56 @@ async def session_resource(request: HttpRequest, session_id: UUID) -> HttpRespon
                        code="method_not_allowed")
     response["Allow"] = methods
     return _cors(response, request)
+
+
+def region_json(capacity: RegionCapacity, client: LatLon | None) -> dict[str, Any]:
+    region = capacity.region
+    point = LatLon(region.latitude, region.longitude)
+    return {
+        "code": region.code,
+        "name": region.name,
+        "latitude": region.latitude,
+        "longitude": region.longitude,
+        "default": region.is_default,
+        "enabled": region.enabled,
+        "status": capacity.status,
+        "load": round(capacity.load, 3),
+        "distance_km": round(great_circle_km(client, point), 1) if client else None,
+        "relays": [
+            {"shard": r.shard_id, "public": f"{r.public_host}:{r.public_port}", "state": r.state}
+            for r in capacity.relays
+        ],
+        "transceivers": [
+            {"id": t.transceiver.transceiver_id, "state": t.transceiver.state,
+             "live": t.heartbeat is not None, "sessions": t.live_sessions,
+             "capacity": t.transceiver.capacity, "available": t.available}
+            for t in capacity.transceivers
+        ],
+    }
+
+
+def _regions_body(client_ip: str | None) -> dict[str, Any]:
+    location = locate_client(client_ip)
+    ranked = rank_regions_for(client_ip=client_ip, pinned=None)
+    capacities = [region_capacity(region=region) for region, _ in ranked]
+    # Usable regions first, each group in steering order: the list a client fails over down.
+    capacities.sort(key=lambda c: not c.usable)
+    client = location.point if location else None
+    return {
+        "client": {
+            "ip": client_ip,
+            "location": None if location is None else {
+                "latitude": location.latitude, "longitude": location.longitude,
+                "country": location.country_iso_code, "city": location.city_name,
+            },
+        },
+        "regions": [region_json(c, client) for c in capacities],
+    }
+
+
+async def regions_collection(request: HttpRequest) -> HttpResponse:
+    """``GET /v1/regions``: every region with status and load, best first for the caller."""
+    if request.method == "OPTIONS":
+        return _preflight(request, "GET, OPTIONS")
+    body = await sync_to_async(_regions_body)(client_ip_of(request))
+    return _cors(JsonResponse(body), request)
