@@ -1,0 +1,106 @@
+"""Shared pieces of the benchmarks: the result row, the table, percentiles, CPU pinning."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+RELAY_CPU = 0  # the system under test
+ENDPOINT_CPU = 1  # load generators, echo targets, clients
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One measured figure beside its same-run baseline, and the target it is held to."""
+
+    name: str
+    value: float
+    unit: str
+    baseline: float | None = None  # same traffic without the component under test
+    ratio: float | None = None  # value / baseline (or the ratio the target is stated in)
+    target: str = ""
+    met: bool | None = None  # None: informational, no target
+    note: str = ""
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of ``values``; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def pin(cpu: int, pid: int = 0) -> None:
+    """Pin ``pid`` (0: this process) to ``cpu`` when the machine has it; a no-op otherwise."""
+    if hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(pid, {cpu})
+
+
+def unpin(pid: int = 0) -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(pid, set(range(os.cpu_count() or 1)))
+
+
+def ratio(value: float, baseline: float) -> float | None:
+    return value / baseline if baseline else None
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value != value:  # NaN
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def format_table(rows: Iterable[Row]) -> str:
+    """Rows as one aligned plain-text (and Markdown-compatible) table."""
+    header = ("benchmark", "value", "unit", "baseline", "ratio", "target", "met", "note")
+    lines = [header]
+    for row in rows:
+        met = "-" if row.met is None else ("yes" if row.met else "NO")
+        lines.append((row.name, _fmt(row.value), row.unit, _fmt(row.baseline),
+                      _fmt(row.ratio), row.target or "-", met, row.note))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
+        if n == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def conditions() -> str:
+    """Date, machine and load: the context every table is printed with."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    return (f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {cpu}; {os.cpu_count()} CPUs; "
+            f"Linux {platform.release()}; Python {sys.version.split()[0]}; "
+            f"load avg {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
+
+
+def write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
