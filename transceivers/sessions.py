@@ -80,6 +80,8 @@ class LiveSession:
     agent: VoiceAgent
     answer_sdp: str = ""
     connected: bool = False
+    answered: bool = False  # "answered" published: later events may follow
+    checking: bool = False  # "checking" published (once)
     timer: asyncio.TimerHandle | None = None
     created_at: float = field(default_factory=time.monotonic)
 
@@ -139,6 +141,8 @@ class SessionManager:
         loop = asyncio.get_running_loop()
         session.timer = loop.call_later(self.connect_timeout, self._on_connect_timeout, session_id)
         await self._publish(session_id, EventState.ANSWERED, "")
+        session.answered = True
+        self._on_ice_state(session)  # checking may have begun before the answer was out
         return answer
 
     def _check_admission(self, session_id: str, ufrag: str, pwd: str) -> None:
@@ -182,7 +186,13 @@ class SessionManager:
         return answer
 
     def _on_ice_state(self, session: LiveSession) -> None:
-        if session.pc.iceConnectionState == "checking" and session.session_id in self._sessions:
+        if (
+            session.pc.iceConnectionState in ("checking", "completed")
+            and session.answered  # else open() calls again after publishing "answered"
+            and not session.checking
+            and self._sessions.get(session.session_id) is session
+        ):
+            session.checking = True
             self._spawn(self._publish(session.session_id, EventState.CHECKING, ""))
 
     def _on_state(self, session: LiveSession) -> None:
