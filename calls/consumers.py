@@ -36,13 +36,14 @@ class SessionEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         session_id = str(self.scope["url_route"]["kwargs"]["session_id"])
-        session = await database_sync_to_async(session_get)(session_id=session_id)
         await self.accept()
+        # Join before reading: an event published in between is then forwarded, not lost.
+        self.group = session_group(session_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        session = await database_sync_to_async(session_get)(session_id=session_id)
         if session is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        self.group = session_group(session_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
         await self.send_json(session_snapshot(session))
 
     async def disconnect(self, code: int) -> None:

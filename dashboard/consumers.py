@@ -10,7 +10,7 @@ import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from dashboard.selectors import Sample, fleet_snapshot, snapshot_with_rates
+from dashboard.selectors import RateState, fleet_snapshot, snapshot_with_rates
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
             self.task = None
 
     async def _push_loop(self) -> None:
-        previous: dict[str, Sample] = {}
+        previous: dict[str, RateState] = {}
         while True:
             try:
                 snapshot = await database_sync_to_async(fleet_snapshot)()

@@ -31,6 +31,7 @@ PACKET_COUNTERS = ("forwarded_in", "forwarded_out")
 DROP_PREFIX = "drop_"
 
 Sample = tuple[float, int]  # (heartbeat sent_at, packets forwarded so far) of one relay worker
+RateState = tuple[float, int, float | None]  # a Sample and the packets/s last derived from it
 
 
 def packet_rates(
@@ -169,14 +170,28 @@ def _recent_sessions(limit: int = 8) -> list[dict[str, Any]]:
 
 
 def snapshot_with_rates(
-    snapshot: dict[str, Any], previous: Mapping[str, Sample]
-) -> tuple[dict[str, Any], dict[str, Sample]]:
-    """Fill each relay's ``pps`` from the previous samples; return the samples to keep."""
-    samples: dict[str, Sample] = {}
+    snapshot: dict[str, Any], previous: Mapping[str, RateState]
+) -> tuple[dict[str, Any], dict[str, RateState]]:
+    """Fill each relay's ``pps`` from the previous state; return the state to keep.
+
+    A heartbeat read twice (pushes and heartbeats both run every second) keeps its last rate.
+    """
+    state: dict[str, RateState] = {}
     for region in snapshot["regions"]:
         for relay in region["relays"]:
             current = {k: (float(v[0]), int(v[1])) for k, v in relay.pop("samples").items()}
-            rates = packet_rates(previous=previous, current=current)
-            relay["pps"] = round(sum(rates.values()), 1) if rates else None
-            samples.update(current)
-    return snapshot, samples
+            rates = packet_rates(
+                previous={k: (v[0], v[1]) for k, v in previous.items()}, current=current
+            )
+            total: float | None = None
+            for key, (at, packets) in current.items():
+                before = previous.get(key)
+                if key not in rates and before is not None and before[0] == at:
+                    state[key] = before
+                else:
+                    state[key] = (at, packets, rates.get(key))
+                rate = state[key][2]
+                if rate is not None:
+                    total = (total or 0.0) + rate
+            relay["pps"] = None if total is None else round(total, 1)
+    return snapshot, state

@@ -1,4 +1,6 @@
+from django.templatetags.static import static
 from django.urls import path, register_converter
+from django.views.generic import RedirectView
 
 from dashboard import views
 
@@ -17,6 +19,8 @@ register_converter(NodeKindConverter, "nodekind")
 
 urlpatterns = [
     path("", views.demo_page, name="demo"),
+    # Browsers ask for it on pages without a <link rel=icon> (the admin): no 404 in the console.
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("dashboard/", views.dashboard_page, name="dashboard"),
     path("dashboard/regions/<slug:code>/enabled", views.region_enabled, name="region-enabled"),
     path(

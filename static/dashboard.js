@@ -84,7 +84,7 @@
     const drops = (d) => Object.entries(d).map(([k, v]) => `${k} ${v}`).join(", ") || "none";
     return el("table", { class: "nodes" },
       el("caption", { class: "sr-only" }, "Relays"),
-      el("thead", {}, el("tr", {}, ["Relay", "Health", "Stored", "Flows", "Sess.", "Pkts/s", "Drops", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ["Relay", "Health", "State", "Flows", "Sess.", "Pkts/s", "Drops", ""].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, relays.map((r) => el("tr", {},
         el("td", {}, `#${r.id}`, el("br"), el("span", { class: "mono" }, r.public)),
         el("td", {}, badge(nodeHealth(r)), r.workers > 1 ? ` ×${r.workers}` : ""),
@@ -99,7 +99,7 @@
 
   function transceiverTable(items) {
     return el("table", { class: "nodes" },
-      el("thead", {}, el("tr", {}, ["Transceiver", "Health", "Stored", "Sessions", "Load", "Loop lag", ""].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ["Transceiver", "Health", "State", "Sessions", "Load", "Loop lag", ""].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, items.map((t) => el("tr", {},
         el("td", {}, `#${t.id}`, el("br"), el("span", { class: "mono" }, t.bind)),
         el("td", {}, badge(nodeHealth(t))),

@@ -8,6 +8,7 @@
   const PROBE_EVERY_MS = 2000;
   const PROBE_TIMEOUT_MS = 1500; // a chirp not heard back by then is counted as lost
   const GATHER_TIMEOUT_MS = 5000;
+  const SUBSCRIBE_WAIT_MS = 500;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -218,35 +219,47 @@
     }
   }
 
+  // Meters hold a decaying peak so short sounds (a word, a chirp) stay visible for a moment.
   function pollLevels(c) {
     const buf = new Float32Array(512);
+    const peak = { out: 0, in: 0 };
+    const show = (key, analyser) => {
+      peak[key] = Math.max(Math.min(1, rms(analyser, buf) * 3), peak[key] * 0.9);
+      $(`level-${key}`).value = peak[key];
+      setText(`level-${key}-text`, peak[key].toFixed(2));
+    };
     c.timers.push(setInterval(() => {
-      const a = c.audio;
-      const out = Math.min(1, rms(a.outAnalyser, buf) * 3);
-      $("level-out").value = out;
-      setText("level-out-text", out.toFixed(2));
-      if (a.inAnalyser) {
-        const inn = Math.min(1, rms(a.inAnalyser, buf) * 3);
-        $("level-in").value = inn;
-        setText("level-in-text", inn.toFixed(2));
-      }
-    }, 100));
+      show("out", c.audio.outAnalyser);
+      if (c.audio.inAnalyser) show("in", c.audio.inAnalyser);
+    }, 50));
   }
 
+  // Resolves once the server has sent the session's current state (so it has joined the event
+  // group), or after SUBSCRIBE_WAIT_MS: the call never waits on the event stream for long.
   function subscribe(c, sessionId) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${scheme}//${location.host}/ws/sessions/${sessionId}`);
     c.ws = ws;
-    ws.onmessage = (msg) => {
-      const event = JSON.parse(msg.data);
-      logEvent(event.state, event.detail || (event.type === "session.state" ? "current state" : ""), event.at);
-      if ((event.state === "failed" || event.state === "closed") && call === c) {
-        const failed = event.state === "failed";
-        if (failed) showError("The call ended on the server: " + (event.detail || "failed") + ".");
-        stop(failed);
-      }
-    };
-    ws.onclose = (e) => { if (e.code === 4404) logEvent("gone", "the server no longer knows this session"); };
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, SUBSCRIBE_WAIT_MS);
+      ws.onmessage = (msg) => {
+        clearTimeout(timer);
+        resolve();
+        const event = JSON.parse(msg.data);
+        const detail = event.detail || (event.type === "session.state" ? "current state" : "");
+        logEvent(event.state, detail, event.at);
+        if ((event.state === "failed" || event.state === "closed") && call === c) {
+          const failed = event.state === "failed";
+          if (failed) showError("The call ended on the server: " + (event.detail || "failed") + ".");
+          stop(failed);
+        }
+      };
+      ws.onclose = (e) => {
+        clearTimeout(timer);
+        resolve();
+        if (e.code === 4404) logEvent("gone", "the server no longer knows this session");
+      };
+    });
   }
 
   function onConnectionState(c) {
@@ -309,11 +322,13 @@
       setText("route-transceiver", h("X-Transceiver"));
       const sessionId = c.location.split("/").pop();
       setText("route-session", sessionId);
-      await c.pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+      const answer = await response.text();
+      await subscribe(c, sessionId); // before ICE can start, so no session event is missed
+      if (call !== c) return;
+      await c.pc.setRemoteDescription({ type: "answer", sdp: answer });
       if (call !== c) return;
       ui.stop.disabled = false;
       ui.stop.focus();
-      subscribe(c, sessionId);
       pollLevels(c);
       startProbe(c);
       c.timers.push(setInterval(() => pollStats(c).catch(() => {}), 1000));

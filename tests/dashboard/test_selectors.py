@@ -91,7 +91,9 @@ def test_snapshot_with_rates_fills_packets_per_second(redis_client: redis.Redis)
     first, samples = snapshot_with_rates(fleet_snapshot(), {})
     assert first["regions"][0]["relays"][0]["pps"] is None
     beat_relay(redis_client, 1, packets=350, sent_at=now)
-    second, _ = snapshot_with_rates(fleet_snapshot(), samples)
+    second, samples2 = snapshot_with_rates(fleet_snapshot(), samples)
     relay = second["regions"][0]["relays"][0]
     assert relay["pps"] == pytest.approx(250.0, rel=0.01)
     assert "samples" not in relay
+    again, _ = snapshot_with_rates(fleet_snapshot(), samples2)  # the same heartbeat read twice
+    assert again["regions"][0]["relays"][0]["pps"] == pytest.approx(250.0, rel=0.01)
