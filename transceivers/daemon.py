@@ -33,6 +33,7 @@ from transceivers.sessions import SessionManager
 logger = logging.getLogger(__name__)
 
 CONTROL_RETRY = 1.0  # seconds to wait after the channel layer failed (Redis away)
+TASK_STOP_TIMEOUT = 2.0  # seconds close() waits for cancelled tasks before moving on
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Transceiver:
         self.mux: ice.IceMux | None = None
         self.sessions: SessionManager | None = None
         self.loop_lag_ms = 0.0
+        self._stopping = False
 
     @property
     def address(self) -> Addr:
@@ -96,11 +98,13 @@ class Transceiver:
 
     async def close(self) -> None:
         """Stop taking requests, close every session, leave the registry, close the socket."""
+        self._stopping = True
         if self.sessions is not None:
             self.sessions.draining = True
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=TASK_STOP_TIMEOUT)
         if self.sessions is not None:
             await self.sessions.close_all(reason="transceiver shutting down")
         if self._redis is not None:
@@ -149,6 +153,8 @@ class Transceiver:
             try:
                 message = await layer.receive(channel)
             except (OSError, aioredis.RedisError) as exc:
+                if self._stopping:  # redis-py may turn our cancel into a read timeout
+                    return
                 logger.warning("control channel: %s; retrying", exc)
                 await asyncio.sleep(CONTROL_RETRY)
                 continue
