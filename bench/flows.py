@@ -35,7 +35,7 @@ def clients(count: int, *, seed: int = 6) -> list[Addr]:
 
 
 def build(addrs: list[Addr], transceiver: Addr) -> FlowTable:
-    """A table of ``addrs``, each learned from a validly minted ufrag (as from a Binding request)."""
+    """A table of ``addrs``, each learned from a validly minted ufrag (as from a Binding req)."""
     table = FlowTable(max_flows=len(addrs) + 1)
     rng = random.Random(7)
     for n, client in enumerate(addrs):
