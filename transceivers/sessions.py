@@ -23,6 +23,7 @@ from relays.framing import Addr
 from transceivers.agents import AgentFactory, VoiceAgent
 from transceivers.control import ControlError, EventState, SessionEvent
 from transceivers.ice import IceMux, MuxBinding, bind_next_connection
+from transceivers.jitter import tune_audio_receiver
 from transceivers.reporting import EventSink, SessionReporter
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class SessionManager:
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio":
+                tune_audio_receiver(pc, track)  # 20 ms instead of aiortc's 80 ms hold-back
                 pc.addTrack(session.agent.attach(track))
 
         pc.on("connectionstatechange", lambda: self._on_state(session))
