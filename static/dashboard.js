@@ -19,6 +19,7 @@
   const y = (lat) => (80 - lat) * 2;  // the map shows latitudes 80 N .. 85 S
   const csrf = document.querySelector("#csrf input[name=csrfmiddlewaretoken]").value;
   let lastAt = 0;
+  let lastHealth = null; // code -> health, to announce changes (not every repaint) to screen readers
 
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
@@ -147,8 +148,18 @@
     ];
   }
 
+  function announceChanges(regions) {
+    const now = Object.fromEntries(regions.map((r) => [r.code, r.health]));
+    if (lastHealth) {
+      const changed = regions.filter((r) => lastHealth[r.code] !== r.health);
+      if (changed.length) $("announce").textContent = changed.map((r) => `Region ${r.code} is ${r.health}.`).join(" ");
+    }
+    lastHealth = now;
+  }
+
   function render(snapshot) {
     lastAt = Date.now();
+    announceChanges(snapshot.regions);
     // Keep keyboard focus across re-renders: remember the focused form's action.
     const focused = document.activeElement && document.activeElement.closest("form");
     const focusKey = focused ? focused.getAttribute("action") : null;

@@ -333,6 +333,7 @@
       startProbe(c);
       c.timers.push(setInterval(() => pollStats(c).catch(() => {}), 1000));
     } catch (err) {
+      if (call !== c) return; // stopped meanwhile: the failure is ours, not the user's
       showError(err.message || String(err));
       await stop(true);
     }

@@ -64,7 +64,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+# Package scope: torn down before other packages' tests run. Playwright's sync API leaves an event
+# loop marked running in this thread, which later asyncio tests cannot share.
+@pytest.fixture(scope="package")
 def browser_edge(tmp_path_factory: pytest.TempPathFactory, e2e_redis_url: str) -> Iterator[Edge]:
     """The whole system with three regions, each with one relay shard and one transceiver."""
     redis_url = re.sub(r"/\d*$", f"/{BROWSER_REDIS_DB}", e2e_redis_url)
@@ -106,7 +108,7 @@ class ConsoleLog:
             self.failed.append(f"{response.status} {response.url}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         # A temporary profile per launch: Playwright creates and deletes the user-data-dir.
