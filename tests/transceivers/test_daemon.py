@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
@@ -32,6 +33,7 @@ from transceivers import control
 from transceivers.daemon import Transceiver
 
 ECHO_SECONDS = 3.0
+logger = logging.getLogger(__name__)
 
 # The default reporter writes through calls.services: every test may touch the DB from threads.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -66,6 +68,10 @@ async def test_echo_comes_back_at_440_hz(transceiver: Transceiver) -> None:
         assert client.tone.first_sent_at is not None
         assert first_at - client.tone.first_sent_at < 1.0
         good = sum(abs(f - TONE_HZ) <= 5 for f in freqs)
+        logger.info(
+            "echo: %d/%d frames at 440 Hz, first echo %.0f ms after the first tone frame",
+            good, len(freqs), (first_at - client.tone.first_sent_at) * 1000,
+        )
         assert len(freqs) >= ECHO_SECONDS * 40  # ~50 frames a second
         assert good / len(freqs) >= 0.95, freqs
 
