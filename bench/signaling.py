@@ -1,0 +1,216 @@
+"""Signaling: offer -> answer latency and sustained offers/s through ``POST /v1/sessions``,
+beside the transceiver's answer path called directly (``SessionManager.open`` on an ``IceMux``
+in this process: no HTTP, Django, DB, Channels layer or Redis), with the same real aiortc offers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urljoin
+
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from bench.common import Row, percentile
+from calls.whip_client import ToneTrack, http_request
+from relays.ufrag import mint_password, mint_ufrag
+from transceivers.control import SessionEvent
+
+TARGET_ADDED_MS = 10.0
+CONCURRENCY = 8
+KEY = b"bench-signaling"
+
+
+async def make_offers(count: int) -> list[str]:
+    """``count`` real offers from aiortc (audio, host candidates), as a WHIP client sends."""
+    offers = []
+    for _ in range(count):
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTrack(ToneTrack(1.0))
+        await pc.setLocalDescription(await pc.createOffer())
+        offers.append(pc.localDescription.sdp)
+        await pc.close()
+    return offers
+
+
+# the signaling path ------------------------------------------------------------------------
+
+def _post(base_url: str, offer: str) -> tuple[float, str]:
+    started = time.perf_counter()
+    status, headers, body = http_request("POST", urljoin(base_url, "/v1/sessions"),
+                                         offer.encode(), {"Content-Type": "application/sdp"})
+    elapsed = (time.perf_counter() - started) * 1000
+    if status != 201:
+        raise RuntimeError(f"POST /v1/sessions: {status} {body[:300]!r}")
+    return elapsed, urljoin(base_url, headers["Location"])
+
+
+def _delete_all(locations: list[str]) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda url: http_request("DELETE", url, b"", {}), locations))
+
+
+def signaling_latency(base_url: str, offers: list[str], count: int) -> list[float]:
+    """Sequential POSTs (one at a time); each session is deleted before the next offer."""
+    times = []
+    for offer in itertools.islice(itertools.cycle(offers), count):
+        elapsed, location = _post(base_url, offer)
+        times.append(elapsed)
+        http_request("DELETE", location, b"", {})
+    return times
+
+
+def signaling_rate(base_url: str, offers: list[str], seconds: float) -> float:
+    """Answers/s with ``CONCURRENCY`` clients posting back to back for ``seconds``."""
+    locations: list[str] = []
+    deadline = time.perf_counter() + seconds
+    feed = itertools.cycle(offers)
+
+    def worker() -> int:
+        done = 0
+        while time.perf_counter() < deadline:
+            locations.append(_post(base_url, next(feed))[1])
+            done += 1
+        return done
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        total = sum(pool.map(lambda _: worker(), range(CONCURRENCY)))
+    elapsed = time.perf_counter() - started
+    _delete_all(locations)
+    return total / elapsed
+
+
+# the direct answer path --------------------------------------------------------------------
+
+class _Quiet:
+    """Reporter and event sink that drop everything (the direct path has no DB or layer)."""
+
+    async def connected(self, *, session_id: str) -> None:
+        return None
+
+    async def ended(self, *, session_id: str, state: str, reason: str) -> None:
+        return None
+
+    async def publish(self, event: SessionEvent) -> None:
+        return None
+
+
+async def _direct(offers: list[str], count: int, seconds: float, *, events: object = None
+                  ) -> tuple[list[float], float]:
+    from transceivers import ice
+    from transceivers.agents import EchoAgent
+    from transceivers.sessions import SessionManager
+
+    ice.install()
+    mux = ice.IceMux(ice.bind_udp("127.0.0.1", 0))
+    mux.start()
+    quiet = _Quiet()
+    manager = SessionManager(mux=mux, agent_factory=EchoAgent, reporter=quiet,
+                             events=events or quiet,  # type: ignore[arg-type]
+                             connect_timeout=60.0, capacity=100_000)
+    n = itertools.count()
+
+    async def answer(offer: str) -> tuple[float, str]:
+        session_id = str(uuid.uuid4())
+        ufrag = mint_ufrag(shard=1, transceiver=1, key_id=1, key=KEY, nonce=os.urandom(4))
+        started = time.perf_counter()
+        await manager.open(session_id=session_id, offer_sdp=offer, ufrag=ufrag,
+                           pwd=mint_password(os.urandom(18)), relay_public=("127.0.0.1", 9))
+        next(n)
+        return (time.perf_counter() - started) * 1000, session_id
+
+    try:
+        times = []
+        for offer in itertools.islice(itertools.cycle(offers), count):
+            elapsed, session_id = await answer(offer)
+            times.append(elapsed)
+            await manager.close(session_id)
+        if not seconds:
+            return times, 0.0
+        feed = itertools.cycle(offers)
+        deadline = time.perf_counter() + seconds
+        opened: list[str] = []
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                opened.append((await answer(next(feed)))[1])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        rate = len(opened) / (time.perf_counter() - started)
+        await manager.close_all(reason="bench done")
+        return times, rate
+    finally:
+        mux.close()
+
+
+async def _edge_latency(base_url: str, offers: list[str], count: int
+                        ) -> tuple[list[float], list[float]]:
+    """Interleaved: a WHIP POST, then signaling's last leg alone (``request_answer`` over the
+    Channels layer to the edge's transceiver: no HTTP, Django view, DB or placement)."""
+    from transceivers.control import request_answer, request_close
+
+    posts, times = [], []
+    for offer in itertools.islice(itertools.cycle(offers), count):
+        elapsed, location = await asyncio.to_thread(_post, base_url, offer)
+        posts.append(elapsed)
+        await asyncio.to_thread(http_request, "DELETE", location, b"", {})
+        session_id = str(uuid.uuid4())
+        ufrag = mint_ufrag(shard=1, transceiver=1, key_id=1, key=KEY, nonce=os.urandom(4))
+        started = time.perf_counter()
+        await request_answer(transceiver_id=1, session_id=session_id, offer_sdp=offer,
+                             ufrag=ufrag, pwd=mint_password(os.urandom(18)),
+                             relay_public=("127.0.0.1", 9), timeout=10.0)
+        times.append((time.perf_counter() - started) * 1000)
+        await request_close(transceiver_id=1, session_id=session_id)
+    return posts, times
+
+
+def _django(redis_url: str) -> None:
+    """Point this process's Channels layer at the edge's Redis (settings read the env once)."""
+    os.environ["REDIS_URL"] = redis_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "signaling_site.settings")
+    import django
+
+    django.setup()
+
+
+def run(quick: bool) -> list[Row]:
+    from bench.edge import edge
+
+    count, seconds = (30, 3.0) if quick else (200, 10.0)
+    offers = asyncio.run(make_offers(8))
+    running = edge()
+    base_url = running.base_url
+    _django(running.redis_url)
+    signaling_latency(base_url, offers, 5)  # warm-up
+    times, control = asyncio.run(_edge_latency(base_url, offers, count))
+    direct_times, direct_rate = asyncio.run(_direct(offers, count, seconds))
+    from transceivers.reporting import ChannelEventSink
+
+    published, _ = asyncio.run(_direct(offers, count, 0.0, events=ChannelEventSink()))
+    rate = signaling_rate(base_url, offers, seconds)
+    p50, p99 = percentile(times, 50), percentile(times, 99)
+    d50, d99 = percentile(direct_times, 50), percentile(direct_times, 99)
+    return [
+        Row("signaling: offer -> answer p50", p50, "ms", baseline=d50, ratio=p50 / d50,
+            note=f"POST /v1/sessions, real aiortc offers, n={count}; baseline: "
+                 "SessionManager.open in-process"),
+        Row("signaling: offer -> answer p99", p99, "ms", baseline=d99, ratio=p99 / d99),
+        Row("signaling: added over direct p50", p50 - d50, "ms",
+            target=f"<= {TARGET_ADDED_MS:g} ms", met=p50 - d50 <= TARGET_ADDED_MS,
+            note="HTTP + Django + DB + placement + Channels round trip to the transceiver"),
+        Row("signaling: control leg alone p50", percentile(control, 50), "ms", baseline=d50,
+            ratio=percentile(control, 50) / d50,
+            note="request_answer over channels_redis to the edge transceiver (no HTTP/DB)"),
+        Row("signaling: direct + ChannelEventSink p50", percentile(published, 50), "ms",
+            baseline=d50, ratio=percentile(published, 50) / d50,
+            note="open() awaits group_send(ANSWERED) before the answer goes out"),
+        Row("signaling: sustained answers/s", rate, "1/s", baseline=direct_rate,
+            ratio=rate / direct_rate, note=f"{CONCURRENCY} concurrent clients, {seconds:g} s"),
+    ]
