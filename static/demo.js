@@ -169,6 +169,7 @@
     out.dataset.last = String(Math.round(r[r.length - 1]));
     out.dataset.median = String(Math.round(median));
     out.dataset.count = String(probe.results.length);
+    out.dataset.all = probe.results.map(Math.round).join(",");
     setText("m2e", `${Math.round(r[r.length - 1])} ms`);
     setText("m2e-detail",
       `Median ${Math.round(median)} ms over the last ${r.length} chirps` +

@@ -64,3 +64,14 @@ async def test_staff_gets_snapshots_with_packet_rates(redis_client: redis.Redis)
     assert latest["regions"][0]["health"] == "up"
     assert relay["pps"] == pytest.approx(500.0, rel=0.01)
     await ws.disconnect()
+
+
+async def test_keeps_pushing_past_the_redis_read_timeout(redis_client: redis.Redis) -> None:
+    """No channel layer, so no blocking Redis read that could time out under an idle socket."""
+    staff = await database_sync_to_async(User.objects.create_user)("ops", is_staff=True)
+    ws = _communicator(staff)
+    assert (await ws.connect())[0]
+    deadline = time.monotonic() + 6.5  # redis-py 8 async clients time out reads after 5 s
+    while time.monotonic() < deadline:
+        assert (await ws.receive_json_from(timeout=5))["type"] == "fleet.snapshot"
+    await ws.disconnect()
