@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const PROBE_HZ = 2400;        // chirp frequency; far from speech formants and the fake mic beep
+  const PROBE_HZ = 2400;        // a pure tone: speech and the fake mic beep (400 Hz) are broadband there
   const PROBE_MS = 40;          // chirp length
   const PROBE_GAIN = 0.4;
   const PROBE_EVERY_MS = 2000;
