@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urljoin
 
 import numpy as np
@@ -81,10 +82,11 @@ class ToneTrack(MediaStreamTrack):
 
 @dataclass
 class Received:
-    """Frames that came back: arrival time (monotonic) and whether each was the tone."""
+    """What came back: decoded frames (monotonic time, tone or not) and raw RTP arrivals."""
 
     times: list[float] = field(default_factory=list)
     tone: list[bool] = field(default_factory=list)
+    rtp_times: list[float] = field(default_factory=list)  # before the jitter buffer
 
     @property
     def tone_frames(self) -> int:
@@ -140,6 +142,23 @@ class Call:
         self.response_headers, self.answer = headers, body.decode()
         self.location = urljoin(self.base_url, headers["Location"])
         await self.pc.setRemoteDescription(RTCSessionDescription(self.answer, "answer"))
+        for transceiver in self.pc.getTransceivers():
+            self._record_rtp(transceiver.receiver)
+
+    def _record_rtp(self, receiver: Any) -> None:
+        """Note each RTP packet's arrival before aiortc's jitter buffer holds it back.
+
+        Wraps aiortc 1.16's ``RTCRtpReceiver._handle_rtp_packet`` (looked up per packet by the
+        DTLS transport's router), so network-level arrival can be told from playout.
+        """
+        handle = receiver._handle_rtp_packet
+        times = self.received.rtp_times
+
+        async def recording(packet: Any, arrival_time_ms: int) -> None:
+            times.append(time.monotonic())
+            await handle(packet, arrival_time_ms=arrival_time_ms)
+
+        receiver._handle_rtp_packet = recording
 
     def _on_state(self) -> None:
         if self.pc.connectionState == "connected" and self.connected_at is None:
@@ -164,11 +183,21 @@ class Call:
                 raise TimeoutError(f"not connected: {self.pc.connectionState}")
             await asyncio.sleep(0.01)
 
-    async def play(self) -> None:
-        """Wait until the tone has been sent and its echo had time to return."""
+    async def play(self, settle: float = 0.5, limit: float = 5.0) -> None:
+        """Wait until the tone has been sent and its echo stopped arriving (for ``settle`` s).
+
+        Late frames count as echoed: this measures loss; latency is measured separately.
+        """
         while self.track.tone_sent < self.track.tone_frames:
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + limit
+        seen, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if self.received.tone_frames != seen:
+                seen, quiet_since = self.received.tone_frames, time.monotonic()
+            elif time.monotonic() - quiet_since >= settle:
+                return
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         """DELETE the session and close the peer connection."""

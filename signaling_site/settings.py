@@ -137,7 +137,13 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "expiry": 30, "capacity": 1000},
+        # socket_timeout None: redis-py 8 gives up reading after 5 s, exactly as long as
+        # channels_redis blocks waiting for the next message, so idle receivers would crash.
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            "expiry": 30,
+            "capacity": 1000,
+        },
     }
 }
 

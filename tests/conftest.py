@@ -44,7 +44,7 @@ def redis_url(redis_server: str) -> str:
         pytest.fail(f"no Redis at {url}")
     redis.Redis.from_url(url).flushdb()
     settings.REDIS_URL = url
-    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [url]
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = url
     settings.CELERY_BROKER_URL = url
     os.environ["REDIS_URL"] = url  # daemons started by tests inherit it
     return url

@@ -82,11 +82,6 @@ async def test_unknown_session_is_closed_with_4404(layer: object) -> None:
     assert closed == {"type": "websocket.close", "code": CLOSE_NOT_FOUND}
 
 
-@pytest.mark.xfail(
-    reason="redis-py 8 async clients time out reads after 5 s, channels_redis blocks 5 s in "
-    "BZPOPMIN: CHANNEL_LAYERS hosts need socket_timeout None (or > 5)",
-    strict=False,
-)
 async def test_survives_idling_past_the_redis_read_timeout(layer: object) -> None:
     session = await _session()
     ws = _communicator(session.id)

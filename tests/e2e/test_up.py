@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import psutil
 import pytest
@@ -20,7 +21,10 @@ def test_up_is_ready_then_stops_every_child(
     edge = start_edge(tmp_path_factory.mktemp("up"), e2e_redis_url, regions)
     ready = [line for line in edge.lines if line.startswith("READY ")]
     assert ready == [f"READY {edge.base_url}/ relays=solo:127.0.0.1:{edge.relay_public(1)[1]}"]
-    assert any("WHIP" in line and "/v1/sessions" in line for line in edge.lines)
+    deadline = time.monotonic() + 5  # the URL lines follow READY
+    while not any("WHIP" in line and "/v1/sessions" in line for line in edge.lines):
+        assert time.monotonic() < deadline, edge.output()
+        time.sleep(0.05)
     children = edge.children()
     assert set(children) == {"relay-1", "transceiver-1", "signaling", "celery-worker",
                              "celery-beat"}
