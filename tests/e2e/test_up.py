@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import psutil
 import pytest
 
-from tests.e2e.conftest import LOCAL, start_edge, stop_edge
+from calls.whip_client import Call
+from tests.e2e.conftest import LOCAL, free_port, start_edge, stop_edge
 
 pytestmark = [pytest.mark.e2e]
 
@@ -35,3 +37,25 @@ def test_up_is_ready_then_stops_every_child(
              and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert alive == [], alive
     assert not (edge.var_dir / "run" / "up.json").exists()
+
+
+async def test_up_starts_an_embedded_redis_when_none_answers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A fresh laptop: nothing listens at REDIS_URL, so up brings its own redis-server."""
+    dead = f"redis://127.0.0.1:{free_port(socket.SOCK_STREAM)}/0"
+    regions = json.loads(json.dumps(LOCAL))
+    edge = start_edge(tmp_path_factory.mktemp("embedded"), dead, regions)
+    try:
+        assert any(line.startswith("[up] embedded redis-server at redis://127.0.0.1:")
+                   for line in edge.lines), edge.output()
+        call = Call(edge.base_url, seconds=1.0)
+        await call.start()
+        try:
+            await call.wait_connected()
+            await call.play()
+            assert call.echo_ratio() >= 0.9
+        finally:
+            await call.stop()
+    finally:
+        assert stop_edge(edge) == 0
