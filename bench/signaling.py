@@ -10,7 +10,9 @@ import itertools
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 from aiortc import RTCConfiguration, RTCPeerConnection
@@ -20,6 +22,7 @@ from calls.whip_client import ToneTrack, http_request
 from relays.ufrag import mint_password, mint_ufrag
 from transceivers.control import SessionEvent
 
+T = TypeVar("T")
 TARGET_ADDED_MS = 10.0
 CONCURRENCY = 8
 KEY = b"bench-signaling"
@@ -171,13 +174,42 @@ async def _edge_latency(base_url: str, offers: list[str], count: int
     return posts, times
 
 
-def _django(redis_url: str) -> None:
-    """Point this process's Channels layer at the edge's Redis (settings read the env once)."""
-    os.environ["REDIS_URL"] = redis_url
+def _django(redis_url: str, var_dir: str) -> None:
+    """Point this process's Django at the edge's Redis and DB (settings read the env once)."""
+    os.environ.update(REDIS_URL=redis_url, EDGE_VAR_DIR=var_dir, LOG_LEVEL="WARNING")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "signaling_site.settings")
     import django
 
     django.setup()
+
+
+def view_steps(count: int) -> dict[str, float]:
+    """p50 ms of each synchronous step ``POST /v1/sessions`` runs (each behind its own
+    ``sync_to_async`` hop), called directly against the edge's DB and Redis."""
+    from calls import services
+    from calls.ratelimit import rate_limited
+    from calls.selectors import placement_choose
+    from calls.steering import rank_regions_for
+
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        started = time.perf_counter()
+        result = fn(**kwargs)
+        times.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+        return result
+
+    for _ in range(count):
+        timed("rate_limit", rate_limited, client="192.0.2.250")
+        ranked = timed("rank", rank_regions_for, client_ip="127.0.0.1", pinned=None)
+        placement = timed("placement", placement_choose, ranked=ranked, exclude=[])
+        assert placement is not None
+        session, _ = timed("create", services.session_create, placement=placement,
+                           client_ip="127.0.0.1")
+        sid = str(session.id)
+        timed("answered", services.session_mark_answered, session_id=sid, etag="bench")
+        services.session_end(session_id=sid, state="ended", reason="bench")
+    return {name: percentile(values, 50) for name, values in times.items()}
 
 
 def run(quick: bool) -> list[Row]:
@@ -187,7 +219,7 @@ def run(quick: bool) -> list[Row]:
     offers = asyncio.run(make_offers(8))
     running = edge()
     base_url = running.base_url
-    _django(running.redis_url)
+    _django(running.redis_url, str(running.var_dir))
     signaling_latency(base_url, offers, 5)  # warm-up
     times, control = asyncio.run(_edge_latency(base_url, offers, count))
     direct_times, direct_rate = asyncio.run(_direct(offers, count, seconds))
@@ -195,6 +227,7 @@ def run(quick: bool) -> list[Row]:
 
     published, _ = asyncio.run(_direct(offers, count, 0.0, events=ChannelEventSink()))
     rate = signaling_rate(base_url, offers, seconds)
+    steps = view_steps(count // 2)
     p50, p99 = percentile(times, 50), percentile(times, 99)
     d50, d99 = percentile(direct_times, 50), percentile(direct_times, 99)
     return [
@@ -205,6 +238,9 @@ def run(quick: bool) -> list[Row]:
         Row("signaling: added over direct p50", p50 - d50, "ms",
             target=f"<= {TARGET_ADDED_MS:g} ms", met=p50 - d50 <= TARGET_ADDED_MS,
             note="HTTP + Django + DB + placement + Channels round trip to the transceiver"),
+        Row("signaling: view's sync steps p50 (sum)", sum(steps.values()), "ms",
+            note=", ".join(f"{k} {v:.1f}" for k, v in steps.items())
+            + " ms; serialized on Django's one thread_sensitive thread"),
         Row("signaling: control leg alone p50", percentile(control, 50), "ms", baseline=d50,
             ratio=percentile(control, 50) / d50,
             note="request_answer over channels_redis to the edge transceiver (no HTTP/DB)"),
