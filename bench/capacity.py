@@ -227,9 +227,9 @@ def run(quick: bool) -> list[Row]:
             note=f"~{best.transceiver_cpu * 100 / max(best.sessions, 1):.2f} % core/session"),
         Row("capacity: client CPU at that load", best.client_cpu * 100, "% core",
             note="clients share cpu1; at 100 % the clients, not the transceiver, are the limit"),
-        Row("capacity: CPU-bound estimate", last.sessions / max(last.transceiver_cpu, 1e-9),
-            "sessions", note=f"{last.sessions} sessions / transceiver core share at the last "
-                             "step: sessions one whole core could carry if nothing else ran"),
+        Row("capacity: CPU-bound estimate", best.sessions / max(best.transceiver_cpu, 1e-9),
+            "sessions", note=f"{best.sessions} sessions / transceiver core share at the last "
+                             "passing step: what one whole core could carry if nothing else ran"),
         Row("capacity: ramp", float(len(steps)), "steps", note=trail),
         Row("capacity: aiortc audio level per sent frame", stock_us, "us", baseline=fast_us,
             ratio=stock_us / fast_us,
