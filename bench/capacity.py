@@ -23,26 +23,12 @@ from av import AudioFrame
 
 from bench.common import ENDPOINT_CPU, RELAY_CPU, Row, percentile, pin, unpin
 from calls.whip_client import ToneTrack, http_request
+from transceivers.speedups import audio_level_dbov
 
 FRAME_S = 0.020
 MAX_LOSS = 0.01
 MAX_JITTER_MS = 10.0
 OPEN_CONCURRENCY = 4
-
-
-def fast_audio_level_dbov(frame: AudioFrame) -> int:
-    """``aiortc.rtp.compute_audio_level_dbov`` (RFC 6465 Appendix A) vectorised with numpy.
-
-    aiortc's version runs a per-sample Python loop over the whole of plane 0 for every sent
-    audio frame; a frame from aiortc's Opus decoder (what an echo sends back) has a 120 ms
-    plane (23,040 bytes) for 20 ms of audio. This reads only the frame's own samples.
-    """
-    count = frame.samples * len(frame.layout.channels)
-    samples = np.frombuffer(frame.planes[0], dtype=np.int16, count=count).astype(np.float64)
-    rms = float(np.sqrt(np.dot(samples, samples) / (frame.samples * 32767.0 * 32767.0)))
-    if rms <= 0:
-        return -127
-    return round(min(max(20 * np.log10(rms), -127), 0))
 
 
 def _decoded_tone() -> AudioFrame:
@@ -62,10 +48,10 @@ def _decoded_tone() -> AudioFrame:
 def audio_level_cost(frames: int = 100) -> tuple[float, float]:
     """(aiortc us/frame, numpy us/frame) for the audio level of one echoed frame."""
     frame = _decoded_tone()
-    if fast_audio_level_dbov(frame) != rtp.compute_audio_level_dbov(frame):
+    if audio_level_dbov(frame) != rtp.compute_audio_level_dbov(frame):
         raise AssertionError("numpy audio level differs from aiortc's")
     costs = []
-    for fn in (rtp.compute_audio_level_dbov, fast_audio_level_dbov):
+    for fn in (rtp.compute_audio_level_dbov, audio_level_dbov):
         started = time.perf_counter()
         for _ in range(frames):
             fn(frame)
@@ -188,9 +174,9 @@ async def ramp(quick: bool) -> list[Step]:
 
     running = edge()
     xcvr = _transceiver(running.children())
-    # the clients are load generators: spare their core aiortc's per-sample Python loop (the
-    # transceiver keeps stock aiortc; see the "audio level" row)
-    rtp.compute_audio_level_dbov = fast_audio_level_dbov  # type: ignore[assignment]
+    # the clients are load generators: spare their core aiortc's per-sample Python loop, as the
+    # transceiver does (transceivers/speedups.py; see the "audio level" row)
+    rtp.compute_audio_level_dbov = audio_level_dbov  # type: ignore[assignment]
     pin(RELAY_CPU, xcvr.pid)
     pin(ENDPOINT_CPU)
     steps: list[Step] = []
@@ -234,5 +220,5 @@ def run(quick: bool) -> list[Row]:
         Row("capacity: aiortc audio level per sent frame", stock_us, "us", baseline=fast_us,
             ratio=stock_us / fast_us,
             note=f"echoed (decoded) frame: {stock_us * 50 / 1e4:.1f} % core per session at "
-                 "50 frames/s; baseline: numpy (bench.capacity.fast_audio_level_dbov)"),
+                 "50 frames/s; baseline: numpy (transceivers.speedups, used by the transceiver)"),
     ]

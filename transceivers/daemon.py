@@ -24,7 +24,7 @@ from relays.registry import (
     transceiver_channel,
     transceiver_heartbeat_key,
 )
-from transceivers import control, ice
+from transceivers import control, ice, speedups
 from transceivers.agents import AgentFactory, EchoAgent
 from transceivers.reporting import ChannelEventSink, EventSink, ServicesReporter, SessionReporter
 from transceivers.services import transceiver_register
@@ -74,6 +74,7 @@ class Transceiver:
 
     async def start(self) -> None:
         ice.install()
+        speedups.install()
         self.mux = ice.IceMux(ice.bind_udp(self.config.bind_host, self.config.bind_port))
         self.mux.start()
         self.sessions = SessionManager(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 from bench import flows
-from bench.capacity import _decoded_tone, audio_level_cost, fast_audio_level_dbov
+from bench.capacity import _decoded_tone, audio_level_cost
 from bench.common import Row, format_table, percentile
 from bench.relay import KEYRING, SHARD, TRANSCEIVER_ID, binding_request
 from relays.stun import is_binding_request, parse_server_ufrag
 from relays.ufrag import validate_ufrag
+from transceivers.speedups import audio_level_dbov
 
 
 def _well_formed(rows: list[Row]) -> None:
@@ -42,7 +43,7 @@ def test_fast_audio_level_matches_aiortc() -> None:
     from aiortc import rtp
 
     frame = _decoded_tone()
-    assert fast_audio_level_dbov(frame) == rtp.compute_audio_level_dbov(frame)
+    assert audio_level_dbov(frame) == rtp.compute_audio_level_dbov(frame)
     stock, fast = audio_level_cost(frames=2)
     assert stock > 0 and fast > 0
 
