@@ -91,13 +91,12 @@ def transceiver_heartbeats(*, ids: list[int]) -> dict[int, TransceiverHeartbeat]
 
 def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCapacity:
     """What ``region`` can offer right now (heartbeats in Redis, live sessions in the DB)."""
-    relays = relays_live(relays=RelayShard.objects.filter(region=region))
+    live = Count("sessions", filter=Q(sessions__state__in=LIVE_STATES))
+    relays = relays_live(relays=RelayShard.objects.filter(region=region).annotate(live=live))
     rows = list(
         Transceiver.objects.filter(region=region)
         .exclude(transceiver_id__in=list(exclude))
-        .annotate(
-            live=Count("sessions", filter=Q(sessions__state__in=LIVE_STATES))
-        )
+        .annotate(live=live)
     )
     beats = transceiver_heartbeats(ids=[t.transceiver_id for t in rows])
     loads = tuple(TransceiverLoad(t, t.live, beats.get(t.transceiver_id)) for t in rows)
@@ -134,10 +133,7 @@ def placement_choose(
         if not capacity.usable:
             skipped.append(f"{region.code}-{capacity.status}")
             continue
-        relay = min(
-            capacity.relays,
-            key=lambda r: (r.sessions.filter(state__in=LIVE_STATES).count(), r.shard_id),
-        )
+        relay = min(capacity.relays, key=lambda r: (getattr(r, "live", 0), r.shard_id))
         why = f"fallback:{skipped[0]}" if skipped else reason
         return Placement(region, why, relay, capacity.available[0].transceiver)
     return None

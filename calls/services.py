@@ -35,7 +35,9 @@ def session_create(*, placement: Placement, client_ip: str | None) -> tuple[Sess
             transceiver=placement.transceiver,
             ufrag=ufrag,
         )
-        session.full_clean()
+        # The placement's rows were just read, and the DB's unique constraint on ufrag is the
+        # real check (a collision retries), so skip the three FK and one unique-check queries.
+        session.full_clean(exclude=["region", "relay", "transceiver"], validate_unique=False)
         try:
             with transaction.atomic():
                 session.save(force_insert=True)

@@ -21,7 +21,6 @@ from calls.problems import problem
 from calls.ratelimit import rate_limited
 from calls.sdp import validate_offer
 from calls.selectors import (
-    Placement,
     RegionCapacity,
     placement_choose,
     region_capacity,
@@ -89,25 +88,45 @@ def _read_offer(request: HttpRequest) -> tuple[str, bool] | HttpResponse:
     return text, request.content_type == "application/json"
 
 
-async def _answer(placement: Placement, sdp: str, client_ip: str | None) -> tuple[Session, str]:
-    """Create the session row, ask its transceiver for the answer; discard the row on failure."""
-    session, pwd = await sync_to_async(services.session_create)(
-        placement=placement, client_ip=client_ip
-    )
+class _Refused(Exception):
+    """The request ends here with this problem response."""
+
+    def __init__(self, response: HttpResponse) -> None:
+        self.response = response
+
+
+def _place(
+    *, client_ip: str | None, pinned: str | None, exclude: list[int], first: bool
+) -> tuple[Session, str] | None:
+    """One worker-thread hop: rate limit, steer, place and create the session row."""
+    if first and rate_limited(client=client_ip or "unknown"):
+        raise _Refused(problem(429, "too many offers from this address", code="rate_limited",
+                               retry_after=60))
     try:
-        answer = await request_answer(
-            transceiver_id=placement.transceiver.transceiver_id,
+        ranked = rank_regions_for(client_ip=client_ip, pinned=pinned)
+    except SteeringError as exc:
+        raise _Refused(problem(400, str(exc), code="unknown_region")) from None
+    placement = placement_choose(ranked=ranked, exclude=exclude)
+    if placement is None:
+        return None
+    return services.session_create(placement=placement, client_ip=client_ip)
+
+
+async def _answer(session: Session, pwd: str, sdp: str) -> str:
+    """Ask the session's transceiver for the answer; discard the row when none comes."""
+    try:
+        return await request_answer(
+            transceiver_id=session.transceiver.transceiver_id,
             session_id=str(session.id),
             offer_sdp=sdp,
             ufrag=session.ufrag,
             pwd=pwd,
-            relay_public=(placement.relay.public_host, placement.relay.public_port),
+            relay_public=(session.relay.public_host, session.relay.public_port),
             timeout=settings.CONTROL_TIMEOUT,
         )
     except BaseException:
         await sync_to_async(services.session_discard)(session_id=str(session.id))
         raise
-    return session, answer
 
 
 def _created(session: Session, answer: str, wants_json: bool) -> HttpResponse:
@@ -136,36 +155,33 @@ async def _create_session(request: HttpRequest) -> HttpResponse:
         return parsed
     sdp, wants_json = parsed
     client_ip = client_ip_of(request)
-    if await sync_to_async(rate_limited)(client=client_ip or "unknown"):
-        return problem(429, "too many offers from this address", code="rate_limited",
-                       retry_after=60)
-    try:
-        ranked = await sync_to_async(rank_regions_for)(
-            client_ip=client_ip, pinned=request.GET.get("region")
-        )
-    except SteeringError as exc:
-        return problem(400, str(exc), code="unknown_region")
     refused: list[int] = []
-    for _ in range(PLACEMENT_ATTEMPTS):
-        placement = await sync_to_async(placement_choose)(ranked=ranked, exclude=refused)
-        if placement is None:
-            break
+    for attempt in range(PLACEMENT_ATTEMPTS):
         try:
-            session, answer = await _answer(placement, sdp, client_ip)
+            placed = await sync_to_async(_place)(
+                client_ip=client_ip, pinned=request.GET.get("region"), exclude=refused,
+                first=attempt == 0,
+            )
+        except _Refused as exc:
+            return exc.response
+        if placed is None:
+            break
+        session, pwd = placed
+        try:
+            answer = await _answer(session, pwd, sdp)
         except ControlError as exc:
             if exc.code in ("bad_sdp", "no_audio"):
                 return problem(400, f"bad SDP offer: {exc.detail}", code=exc.code)
-            logger.warning("transceiver %s refused: %s", placement.transceiver, exc)
+            logger.warning("transceiver %s refused: %s", session.transceiver, exc)
         except ControlTimeout:
-            logger.warning("transceiver %s did not answer in time", placement.transceiver)
+            logger.warning("transceiver %s did not answer in time", session.transceiver)
         else:
-            etag = hashlib.sha256(answer.encode()).hexdigest()[:32]
+            session.etag = hashlib.sha256(answer.encode()).hexdigest()[:32]
             await sync_to_async(services.session_mark_answered)(
-                session_id=str(session.id), etag=etag
+                session_id=str(session.id), etag=session.etag
             )
-            session.etag = etag
             return _created(session, answer, wants_json)
-        refused.append(placement.transceiver.transceiver_id)
+        refused.append(session.transceiver.transceiver_id)
     return problem(503, "no healthy transceiver can take a session now", code="no_capacity",
                    retry_after=RETRY_AFTER_SECONDS)
 
