@@ -31,6 +31,7 @@ from typing import Any
 
 import psutil
 import redis
+import uvloop
 from aioice import stun
 
 from bench.common import (
@@ -83,7 +84,7 @@ def _relay_server(public: int, internal: int, cpu: int, count: Any, ready: Any) 
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.05)
 
-    asyncio.run(main())
+    uvloop.run(main())  # as relays.daemon.run does in production
 
 
 class _Public(asyncio.DatagramProtocol):

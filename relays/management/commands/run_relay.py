@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import logging.config
 import multiprocessing
@@ -19,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from geo.models import Region
-from relays.daemon import RelayConfig, bind_udp, serve
+from relays.daemon import RelayConfig, bind_udp, run
 from relays.framing import Addr
 from relays.services import relay_register
 
@@ -66,7 +65,7 @@ class Command(BaseCommand):
         )
         logging.config.dictConfig(settings.LOGGING)
         if workers == 1:
-            asyncio.run(serve(config))
+            run(config)
         else:
             _run_workers(config, workers)
 
@@ -90,7 +89,7 @@ def _resolve_port(addr: Addr) -> Addr:
 
 
 def _worker(config: RelayConfig) -> None:
-    asyncio.run(serve(config))
+    run(config)
 
 
 def _run_workers(config: RelayConfig, workers: int) -> None:
