@@ -85,6 +85,7 @@ class LiveSession:
     checking: bool = False  # "checking" published (once)
     timer: asyncio.TimerHandle | None = None
     created_at: float = field(default_factory=time.monotonic)
+    published: asyncio.Task[None] | None = None  # the last queued event (events go in order)
 
 
 class SessionManager:
@@ -141,7 +142,7 @@ class SessionManager:
         session.answer_sdp = answer
         loop = asyncio.get_running_loop()
         session.timer = loop.call_later(self.connect_timeout, self._on_connect_timeout, session_id)
-        await self._publish(session_id, EventState.ANSWERED, "")
+        self._publish_in_order(session, EventState.ANSWERED)  # not awaited: the answer goes now
         session.answered = True
         self._on_ice_state(session)  # checking may have begun before the answer was out
         return answer
@@ -195,7 +196,7 @@ class SessionManager:
             and self._sessions.get(session.session_id) is session
         ):
             session.checking = True
-            self._spawn(self._publish(session.session_id, EventState.CHECKING, ""))
+            self._publish_in_order(session, EventState.CHECKING)
 
     def _on_state(self, session: LiveSession) -> None:
         if self._sessions.get(session.session_id) is not session:
@@ -217,7 +218,7 @@ class SessionManager:
 
     async def _report_connected(self, session: LiveSession) -> None:
         session.agent.on_event(self._event(session.session_id, EventState.CONNECTED, ""))
-        await self._publish(session.session_id, EventState.CONNECTED, "")
+        self._publish_in_order(session, EventState.CONNECTED)
         try:
             await self._reporter.connected(session_id=session.session_id)
         except Exception:
@@ -256,6 +257,8 @@ class SessionManager:
         logger.info("session %s %s: %s", session_id, state, reason)
         if not report:
             return True
+        if session.published is not None:  # queued events go out before the last one
+            await asyncio.gather(session.published, return_exceptions=True)
         await self._publish_event(event)
         try:
             await self._reporter.ended(session_id=session_id, state=state, reason=reason)
@@ -266,8 +269,18 @@ class SessionManager:
     def _event(self, session_id: str, state: EventState, detail: str) -> SessionEvent:
         return SessionEvent(session_id, state, detail, time.time())
 
-    async def _publish(self, session_id: str, state: EventState, detail: str) -> None:
-        await self._publish_event(self._event(session_id, state, detail))
+    def _publish_in_order(self, session: LiveSession, state: EventState) -> None:
+        """Queue an event behind the session's previous one, without waiting for Redis."""
+        event, previous = self._event(session.session_id, state, ""), session.published
+
+        async def publish() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await self._publish_event(event)
+
+        session.published = asyncio.get_running_loop().create_task(publish())
+        self._tasks.add(session.published)
+        session.published.add_done_callback(self._tasks.discard)
 
     async def _publish_event(self, event: SessionEvent) -> None:
         try:
