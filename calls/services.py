@@ -81,3 +81,10 @@ def sessions_fail_unconnected(*, older_than_seconds: float) -> int:
     return Session.objects.filter(
         state__in=(SessionState.NEW, SessionState.ANSWERED), created_at__lt=cutoff
     ).update(state=SessionState.FAILED, reason="connect timeout", ended_at=timezone.now())
+
+
+def sessions_fail_on_transceiver(*, transceiver_id: int, reason: str) -> int:
+    """Fail every live session of a transceiver that went down (idempotent update)."""
+    return Session.objects.filter(
+        transceiver__transceiver_id=transceiver_id, state__in=LIVE_STATES
+    ).update(state=SessionState.FAILED, reason=reason[:200], ended_at=timezone.now())

@@ -28,10 +28,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from health.http import serve_admin
 from relays import registry
 from relays.flows import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FLOWS, Flow, FlowTable
 from relays.framing import Addr, header_length, parse_header
-from relays.stun import PacketClass, classify, is_binding_request, parse_server_ufrag
+from relays.stun import (
+    PacketClass,
+    classify,
+    is_binding_request,
+    pack_binding_success,
+    parse_server_ufrag,
+    transaction_id,
+)
 from relays.ufrag import HEALTH_TRANSCEIVER_ID, validate_ufrag
 
 logger = logging.getLogger(__name__)
@@ -65,6 +73,9 @@ class RelayConfig:
     negative_ttl: float = 3.0  # seconds a Redis miss is remembered
     redis_timeout: float = 1.0
     socket_buffer: int = 4 * 1024 * 1024
+    drain_grace: float = 600.0  # seconds a drained relay waits for its flows to go quiet
+    drain_idle: float = 3.0  # seconds without a packet on any flow: its calls have ended
+    admin: Addr | None = None  # HOST:PORT of the /livez + /readyz endpoint (worker 0 only)
 
 
 def bind_udp(addr: Addr, *, buffer: int = 0) -> socket.socket:
@@ -94,6 +105,11 @@ class Relay:
         self.forwarded_in = self.forwarded_out = 0
         self.learned_stun = self.learned_redis = self.learned_frame = 0
         self.redis_errors = 0
+        self.health_answered = 0
+        self.draining = False
+        self.drained = asyncio.Event()  # set when a drain is complete: serve() returns
+        self._drain_started: float | None = None
+        self._admin: asyncio.Server | None = None
         self._buf = bytearray(MAX_DATAGRAM)
         self._view = memoryview(self._buf)
         self._transceivers: dict[int, Addr] = {}
@@ -137,6 +153,8 @@ class Relay:
             asyncio.create_task(self._lookup_loop()),
         ]
         self._last_refresh = loop.time()
+        if cfg.admin is not None and cfg.worker == 0:
+            self._admin = await serve_admin(cfg.admin, ready=lambda: not self.draining)
         logger.info(
             "relay shard %s worker %s: public %s internal %s", cfg.shard, cfg.worker,
             registry.format_addr(self.public_addr), registry.format_addr(self.internal_addr),
@@ -144,6 +162,9 @@ class Relay:
 
     async def close(self) -> None:
         """Remove readers, cancel every task, close Redis and both sockets. Idempotent."""
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
         for sock in (self._public, self._internal):
             if sock is not None and self._loop is not None and sock.fileno() >= 0:
                 self._loop.remove_reader(sock.fileno())
@@ -186,6 +207,7 @@ class Relay:
             "learned_stun": self.learned_stun, "learned_redis": self.learned_redis,
             "learned_frame": self.learned_frame, "redis_errors": self.redis_errors,
             "flows_evicted": self.flows.evicted, "flows_expired": self.flows.expired,
+            "health_answered": self.health_answered,
         }
         counts.update({f"drop_{reason}": n for reason, n in sorted(self.drops.items())})
         return counts
@@ -247,10 +269,20 @@ class Relay:
         if claims.shard != self.config.shard:
             self._drop("wrong_shard")
         elif claims.transceiver == HEALTH_TRANSCEIVER_ID:
-            self._drop("health_probe")  # reserved for probes the relay will answer itself
+            self._answer_health(client, data)  # the one STUN message the relay answers
         elif (flow := self._learn(client, claims.transceiver, now)) is not None:
             self.learned_stun += 1
             self._to_transceiver(flow, data)
+
+    def _answer_health(self, client: Addr, data: memoryview) -> None:
+        """Answer a health probe with a Binding success (RFC 8489 section 14.2); learn nothing."""
+        assert self._public is not None
+        try:
+            self._public.sendto(pack_binding_success(transaction_id(data), client), client)
+        except (OSError, ValueError) as exc:
+            self._drop("send_error", exc)
+            return
+        self.health_answered += 1
 
     def _learn(self, client: Addr, transceiver_id: int, now: float) -> Flow | None:
         address = self._transceivers.get(transceiver_id)
@@ -454,16 +486,36 @@ class Relay:
                     self._to_transceiver(flow, data)
 
     async def heartbeat(self) -> None:
-        """Publish this worker's ``RelayHeartbeat`` with a TTL (registry contract)."""
+        """Publish this worker's ``RelayHeartbeat`` with a TTL (registry contract); follow an
+        operator's drain request (``edge:drain:relay:<shard>``)."""
         assert self._redis is not None and self._loop is not None
         cfg = self.config
+        requested = await self._redis.exists(registry.drain_key("relay", cfg.shard))
+        self._check_drain(bool(requested), self._loop.time())
         beat = registry.RelayHeartbeat(
             shard=cfg.shard, worker=cfg.worker, public=registry.format_addr(self.public_addr),
             internal=registry.format_addr(self.internal_addr), pid=os.getpid(),
             flows=len(self.flows), counters=self.counters(), sent_at=time.time(),
+            draining=self.draining,
         )
         key = registry.relay_heartbeat_key(cfg.shard, cfg.worker)
         await self._redis.set(key, beat.to_json(), px=max(1, int(cfg.heartbeat_ttl * 1000)))
+
+
+    def _check_drain(self, requested: bool, now: float) -> None:
+        """Drain: keep forwarding until no flow carried a packet for ``drain_idle`` s (its calls
+        ended) or ``drain_grace`` passed, then set ``drained``. A cancelled request resumes."""
+        if not requested:
+            self.draining, self._drain_started = False, None
+            return
+        if self._drain_started is None:
+            logger.info("relay shard %s: draining", self.config.shard)
+            self.draining, self._drain_started = True, now
+        quiet = not self.flows.active_since(now - self.config.drain_idle)
+        if quiet or now - self._drain_started >= self.config.drain_grace:
+            logger.info("relay shard %s: drained (%s)", self.config.shard,
+                        "flows quiet" if quiet else "grace period over")
+            self.drained.set()
 
 
 def _addr(sockname: tuple[str, int] | tuple[str, int, int, int]) -> Addr:
@@ -496,10 +548,17 @@ async def serve(config: RelayConfig, *, ready: asyncio.Event | None = None) -> N
             loop.add_signal_handler(signum, stop.set)  # main thread only
             handled.append(signum)
     try:
-        async with Relay(config):
+        async with Relay(config) as relay:
             if ready is not None:
                 ready.set()
-            await stop.wait()
+            stopped = asyncio.create_task(stop.wait())
+            drained = asyncio.create_task(relay.drained.wait())
+            await asyncio.wait((stopped, drained), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            drained.cancel()
+            if relay.drained.is_set() and relay._redis is not None:
+                with contextlib.suppress(*REDIS_ERRORS):  # done: a restart starts fresh
+                    await relay._redis.delete(registry.drain_key("relay", config.shard))
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)

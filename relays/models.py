@@ -19,6 +19,11 @@ class NodeState(models.TextChoices):
     FULL = "full"
 
 
+# States in which a node may get NEW sessions (with a fresh heartbeat as well). ``unknown`` is a
+# node registered but not probed yet (at most one probe interval): admitted on its heartbeat.
+ALLOCATABLE_STATES = (NodeState.HEALTHY, NodeState.UNKNOWN)
+
+
 class RelayShard(models.Model):
     shard_id = models.PositiveIntegerField(
         unique=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_NODE_ID)]

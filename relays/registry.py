@@ -8,6 +8,12 @@ Keys (all under ``edge:``):
 - ``edge:hb:relay:<shard>:<worker>`` JSON ``RelayHeartbeat`` with a TTL.
 - ``edge:flow:<shard>:<host>:<port>`` -> transceiver id, with a TTL the relay refreshes while
   the flow carries packets; a restarted relay reads it back.
+- ``edge:drain:<kind>:<id>`` -> reason: an operator asked this node to drain (``manage.py drain``);
+  the daemon reads it with each heartbeat and deletes it when it exits drained.
+- ``edge:health:<kind>:<id>`` JSON probe memory (last tick, consecutive misses/successes, RTT,
+  load) written by the health probes; survives Celery restarts.
+- ``edge:rebalance:holds`` JSON ``{transceiver id: reason}`` with a TTL: skewed transceivers that
+  get no new sessions until they fall back.
 """
 
 from __future__ import annotations
@@ -31,6 +37,17 @@ def relay_heartbeat_key(shard: int, worker: int) -> str:
 
 def relay_heartbeat_pattern(shard: int | None = None) -> str:
     return f"edge:hb:relay:{'*' if shard is None else shard}:*"
+
+
+def drain_key(kind: str, node_id: int) -> str:
+    return f"edge:drain:{kind}:{node_id}"
+
+
+def health_key(kind: str, node_id: int) -> str:
+    return f"edge:health:{kind}:{node_id}"
+
+
+REBALANCE_HOLDS_KEY = "edge:rebalance:holds"
 
 
 def flow_key(shard: int, client: Addr) -> str:
@@ -89,6 +106,7 @@ class RelayHeartbeat:
     flows: int
     counters: dict[str, int] = field(default_factory=dict)
     sent_at: float = 0.0
+    draining: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

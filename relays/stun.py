@@ -1,11 +1,13 @@
 """STUN sniffing for the relay: classify a datagram and read the USERNAME of Binding requests.
 
-The relay never runs ICE; it only needs enough of RFC 8489 to route the first packet of a flow.
+The relay never runs ICE; it only needs enough of RFC 8489 to route the first packet of a flow,
+plus one answer of its own: the Binding success to a health probe (reserved transceiver id 0).
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import struct
 
 MAGIC_COOKIE = 0x2112A442  # RFC 8489 section 5
@@ -15,6 +17,8 @@ BINDING_SUCCESS = 0x0101  # RFC 8489 section 18.2
 ATTR_USERNAME = 0x0006  # RFC 8489 section 14.3
 ATTR_XOR_MAPPED_ADDRESS = 0x0020  # RFC 8489 section 14.2
 MAX_USERNAME = 512  # RFC 8489 section 14.3: fewer than 513 bytes
+FAMILY_IPV4 = 0x01  # RFC 8489 section 14.1
+FAMILY_IPV6 = 0x02  # RFC 8489 section 14.1
 
 _HEADER = struct.Struct("!HHI12s")
 _ATTR = struct.Struct("!HH")
@@ -95,3 +99,67 @@ def transaction_id(data: bytes | memoryview) -> bytes:
     if not looks_like_stun(data):
         raise ValueError("not stun")
     return bytes(data[8:20])
+
+
+def _attributes(data: bytes | memoryview) -> dict[int, bytes]:
+    """First value of each attribute of a well-framed STUN message (RFC 8489 section 14)."""
+    found: dict[int, bytes] = {}
+    offset, end = HEADER_LENGTH, len(data)
+    while offset + 4 <= end:
+        attr_type, attr_len = _ATTR.unpack_from(data, offset)
+        value_end = offset + 4 + attr_len
+        if value_end > end:
+            raise ValueError("truncated attribute")
+        found.setdefault(attr_type, bytes(data[offset + 4 : value_end]))
+        offset = value_end + (-attr_len % 4)
+    return found
+
+
+def _pack(msg_type: int, tid: bytes, attrs: list[tuple[int, bytes]]) -> bytes:
+    if len(tid) != 12:
+        raise ValueError("transaction id must be 12 bytes")
+    body = b"".join(
+        _ATTR.pack(kind, len(value)) + value + b"\x00" * (-len(value) % 4) for kind, value in attrs
+    )
+    return _HEADER.pack(msg_type, len(body), MAGIC_COOKIE, tid) + body
+
+
+def pack_binding_request(tid: bytes, username: str) -> bytes:
+    """A Binding request with only USERNAME (RFC 8489 section 14.3): the relay's health probe."""
+    raw = username.encode("utf-8")
+    if len(raw) > MAX_USERNAME:
+        raise ValueError("username too long")
+    return _pack(BINDING_REQUEST, tid, [(ATTR_USERNAME, raw)])
+
+
+def _xor_key(tid: bytes, length: int) -> bytes:
+    return (MAGIC_COOKIE.to_bytes(4, "big") + tid)[:length]
+
+
+def pack_binding_success(tid: bytes, mapped: tuple[str, int]) -> bytes:
+    """A Binding success response carrying XOR-MAPPED-ADDRESS (RFC 8489 sections 14.2, 18.2)."""
+    ip = ipaddress.ip_address(mapped[0])
+    family = FAMILY_IPV4 if ip.version == 4 else FAMILY_IPV6
+    packed = ip.packed
+    xaddr = bytes(a ^ b for a, b in zip(packed, _xor_key(tid, len(packed)), strict=True))
+    xport = mapped[1] ^ (MAGIC_COOKIE >> 16)
+    value = struct.pack("!BBH", 0, family, xport) + xaddr
+    return _pack(BINDING_SUCCESS, tid, [(ATTR_XOR_MAPPED_ADDRESS, value)])
+
+
+def parse_xor_mapped_address(data: bytes | memoryview) -> tuple[str, int]:
+    """Return XOR-MAPPED-ADDRESS of a Binding success response (RFC 8489 section 14.2)."""
+    if not looks_like_stun(data) or _HEADER.unpack_from(data)[0] != BINDING_SUCCESS:
+        raise ValueError("not a binding success")
+    value = _attributes(data).get(ATTR_XOR_MAPPED_ADDRESS)
+    if value is None:
+        raise ValueError("no xor-mapped-address")
+    if len(value) < 4:
+        raise ValueError("bad xor-mapped-address")
+    _, family, xport = struct.unpack_from("!BBH", value)
+    size = {FAMILY_IPV4: 4, FAMILY_IPV6: 16}.get(family)
+    if size is None or len(value) != 4 + size:
+        raise ValueError("bad xor-mapped-address")
+    key = _xor_key(transaction_id(data), size)
+    raw = bytes(a ^ b for a, b in zip(value[4:], key, strict=True))
+    return str(ipaddress.ip_address(raw)), xport ^ (MAGIC_COOKIE >> 16)

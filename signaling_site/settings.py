@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "transceivers",
     "calls",
     "dashboard",
+    "health",
 ]
 
 MIDDLEWARE = [
@@ -155,6 +156,16 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_HEARTBEAT_INTERVAL = env_float("CELERY_HEARTBEAT_INTERVAL", 2.0)
 SESSION_SWEEP_INTERVAL = env_float("SESSION_SWEEP_INTERVAL", 10.0)
+# Health checks (issue #4): probe every node each interval; thresholds count consecutive probes.
+HEALTH_PROBE_INTERVAL = env_float("HEALTH_PROBE_INTERVAL", 2.0)
+HEALTH_PROBE_TIMEOUT = env_float("HEALTH_PROBE_TIMEOUT", min(1.0, HEALTH_PROBE_INTERVAL * 0.8))
+HEALTH_SUSPECT_AFTER = env_int("HEALTH_SUSPECT_AFTER", 1)  # missed probes: healthy -> suspect
+HEALTH_DOWN_AFTER = env_int("HEALTH_DOWN_AFTER", 2)  # missed probes: -> down
+HEALTH_RECOVER_AFTER = env_int("HEALTH_RECOVER_AFTER", 2)  # good probes: suspect/down -> healthy
+HEALTH_HEARTBEAT_MAX_AGE = env_float("HEALTH_HEARTBEAT_MAX_AGE", 3.0)  # older: not offered
+HEALTH_REBALANCE_INTERVAL = env_float("HEALTH_REBALANCE_INTERVAL", 5.0)
+HEALTH_REBALANCE_SKEW = env_float("HEALTH_REBALANCE_SKEW", 0.25)  # load above the region mean
+DRAIN_GRACE = env_float("DRAIN_GRACE", 600.0)  # seconds a draining daemon waits for live calls
 # The one beat schedule (STYLE rule 14): named entries, intervals from settings, expiring.
 CELERY_BEAT_SCHEDULE = {
     "celery-heartbeat": {
@@ -166,6 +177,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "calls.sessions_sweep",
         "schedule": SESSION_SWEEP_INTERVAL,
         "options": {"expires": SESSION_SWEEP_INTERVAL},
+    },
+    "health-probe": {  # fans out one probe task per relay shard and transceiver
+        "task": "health.probe_sweep",
+        "schedule": HEALTH_PROBE_INTERVAL,
+        "options": {"expires": HEALTH_PROBE_INTERVAL},
+    },
+    "health-rebalance": {
+        "task": "health.rebalance",
+        "schedule": HEALTH_REBALANCE_INTERVAL,
+        "options": {"expires": HEALTH_REBALANCE_INTERVAL},
     },
 }
 

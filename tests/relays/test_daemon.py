@@ -141,16 +141,50 @@ async def test_junk_is_dropped_by_reason_and_live_flow_keeps_working(
             impostor.sendto(bytes([rng.randrange(128, 192)]) + junk, relay.public_addr)
         impostor.sendto(pack_header(addr_of(client)) + b"spoof", relay.internal_addr)
         transceiver.sendto(b"\xe1\x09garbage", relay.internal_addr)
-        await eventually(lambda: sum(relay.drops.values()) >= 14)
+        await eventually(lambda: sum(relay.drops.values()) >= 13)
         client.sendto(DTLS, relay.public_addr)
         assert await recv(transceiver) == (pack_header(addr_of(client)) + DTLS, relay.internal_addr)
     assert relay.drops == {
-        "stun_not_binding": 2, "bad_ufrag": 1, "wrong_shard": 1, "health_probe": 1,
+        "stun_not_binding": 2, "bad_ufrag": 1, "wrong_shard": 1,
         "unknown_transceiver": 1, "redis_miss": 5, "lookup_queue_full": 1,
         "frame_unregistered": 1, "frame_malformed": 1,
     }
     assert relay.counters()["drop_redis_miss"] == 5
+    assert relay.health_answered == 1  # the health probe is answered, not dropped
     assert len(relay.flows) == 1
+
+
+async def test_health_probe_is_answered_by_the_relay_and_learns_nothing(
+    relay: Relay, client: socket.socket
+) -> None:
+    from relays.stun import parse_xor_mapped_address, transaction_id
+
+    request = binding_request(transceiver=HEALTH_TRANSCEIVER_ID)
+    client.sendto(request, relay.public_addr)
+    reply, source = await recv(client)
+    assert source == relay.public_addr
+    assert transaction_id(reply) == transaction_id(request)
+    assert parse_xor_mapped_address(reply) == addr_of(client)
+    assert len(relay.flows) == 0 and not relay.drops
+    assert relay.counters()["health_answered"] == 1
+    client.sendto(binding_request(transceiver=HEALTH_TRANSCEIVER_ID, key=b"forged"),
+                  relay.public_addr)  # only the cluster can probe: a bad MAC is dropped
+    await eventually(lambda: relay.drops["bad_ufrag"] == 1)
+    assert relay.health_answered == 1
+
+
+async def test_drain_request_waits_for_quiet_flows_then_sets_drained(
+    redis_url: str, client: socket.socket, transceiver: socket.socket, redis_client: redis.Redis
+) -> None:
+    async with Relay(make_config(redis_url, drain_idle=0.3)) as relay:
+        await establish(relay, client, transceiver)
+        redis_client.set(registry.drain_key("relay", SHARD), "test")
+        await eventually(lambda: relay.draining)
+        beat = registry.RelayHeartbeat.from_json(
+            redis_client.get(registry.relay_heartbeat_key(SHARD, 0)) or b"{}"
+        )
+        await eventually(lambda: relay.drained.is_set(), timeout=5.0)
+        assert relay.draining and beat.shard == SHARD
 
 
 async def test_redis_miss_is_negative_cached(

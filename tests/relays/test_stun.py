@@ -132,3 +132,49 @@ def test_random_bytes_raise_only_value_error(hexdata: Hex) -> None:
                 parse(data)
             except ValueError:
                 pass
+
+
+@pytest.mark.parametrize(
+    "mapped", [("192.0.2.1", 32853), ("127.0.0.1", 1), ("2001:db8::1", 65535), ("::1", 4000)]
+)
+def test_binding_success_round_trips_xor_mapped_address(mapped: tuple[str, int]) -> None:
+    tid = bytes(range(12))
+    reply = stun.pack_binding_success(tid, mapped)
+    assert stun.looks_like_stun(reply) and stun.transaction_id(reply) == tid
+    assert stun.parse_xor_mapped_address(reply) == mapped
+
+
+def test_binding_success_matches_rfc_5769_ipv4_vector() -> None:
+    """RFC 5769 section 2.2: 192.0.2.1:32853 with this transaction id encodes as below."""
+    tid = bytes.fromhex("b7e7a701bc34d686fa87dfae")
+    reply = stun.pack_binding_success(tid, ("192.0.2.1", 32853))
+    assert reply[20:] == bytes.fromhex("0020 0008 0001 a147 e112 a643".replace(" ", ""))
+
+
+def test_binding_success_is_decoded_by_aioice() -> None:
+    from aioice import stun as aioice_stun
+
+    tid = b"\x07" * 12
+    message = aioice_stun.parse_message(stun.pack_binding_success(tid, ("10.0.0.9", 5004)))
+    assert message.transaction_id == tid
+    assert message.attributes["XOR-MAPPED-ADDRESS"] == ("10.0.0.9", 5004)
+
+
+def test_binding_request_round_trips_username() -> None:
+    request = stun.pack_binding_request(b"\x01" * 12, f"{FIXTURE_UFRAG}:probe")
+    assert stun.is_binding_request(request)
+    assert stun.parse_server_ufrag(request) == FIXTURE_UFRAG
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (_message(stun.BINDING_REQUEST, b""), "not a binding success"),
+        (_message(stun.BINDING_SUCCESS, b""), "no xor-mapped-address"),
+        (_message(stun.BINDING_SUCCESS, _attr(stun.ATTR_XOR_MAPPED_ADDRESS, b"\x00\x03\x00\x01"
+                                              + b"\x00" * 4)), "bad xor-mapped-address"),
+    ],
+)
+def test_parse_xor_mapped_address_rejects(data: bytes, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        stun.parse_xor_mapped_address(data)

@@ -1,0 +1,58 @@
+"""Health tasks run by Celery beat: a sweep fans out one probe per node; a rebalancer.
+
+Probes are numbered by the beat slot (``tick``) so a duplicate or late run records nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import shared_task
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIME_LIMIT = 10  # seconds; a probe itself gives up after HEALTH_PROBE_TIMEOUT
+
+
+@shared_task(name="health.probe_sweep", ignore_result=True, time_limit=PROBE_TIME_LIMIT)
+def probe_sweep_task() -> int:
+    """Enqueue one probe per relay shard and transceiver for the current beat slot."""
+    from django.conf import settings
+
+    from relays.models import RelayShard
+    from transceivers.models import Transceiver
+
+    interval = settings.HEALTH_PROBE_INTERVAL
+    tick = int(time.time() // interval)
+    shards = list(RelayShard.objects.values_list("shard_id", flat=True))
+    transceivers = list(Transceiver.objects.values_list("transceiver_id", flat=True))
+    for shard_id in shards:
+        relay_probe_task.apply_async((shard_id, tick), expires=interval)
+    for transceiver_id in transceivers:
+        transceiver_probe_task.apply_async((transceiver_id, tick), expires=interval)
+    return len(shards) + len(transceivers)
+
+
+@shared_task(name="health.relay_probe", ignore_result=True, time_limit=PROBE_TIME_LIMIT)
+def relay_probe_task(shard_id: int, tick: int) -> str | None:
+    from health.services import relay_check
+
+    return relay_check(shard_id=shard_id, tick=tick)
+
+
+@shared_task(name="health.transceiver_probe", ignore_result=True, time_limit=PROBE_TIME_LIMIT)
+def transceiver_probe_task(transceiver_id: int, tick: int) -> str | None:
+    from health.services import transceiver_check
+
+    return transceiver_check(transceiver_id=transceiver_id, tick=tick)
+
+
+@shared_task(name="health.rebalance", ignore_result=True, time_limit=30)
+def rebalance_task() -> int:
+    from django.conf import settings
+
+    from health.services import rebalance
+
+    interval = settings.HEALTH_REBALANCE_INTERVAL
+    return len(rebalance(skew=settings.HEALTH_REBALANCE_SKEW, ttl=3 * interval))
