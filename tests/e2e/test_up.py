@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import psutil
 import pytest
 
 from calls.whip_client import Call
-from tests.e2e.conftest import LOCAL, free_port, start_edge, stop_edge
+from tests.e2e.conftest import LOCAL, ROOT, Edge, free_port, start_edge, stop_edge
 
 pytestmark = [pytest.mark.e2e]
 
@@ -59,3 +62,16 @@ async def test_up_starts_an_embedded_redis_when_none_answers(
             await call.stop()
     finally:
         assert stop_edge(edge) == 0
+
+
+def test_up_refuses_ports_already_in_use(edge: Edge) -> None:
+    """A second `up` on the same ports stops at once instead of passing another's /healthz."""
+    env = {**os.environ, "EDGE_VAR_DIR": str(edge.var_dir.parent / "second"),
+           "REDIS_URL": edge.redis_url}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "up", "--http", edge.base_url[len("http://"):],
+         "--topology", str(edge.var_dir.parent / "topology.json")],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "is in use" in result.stderr and "--http" in result.stderr, result.stderr

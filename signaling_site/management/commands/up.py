@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -40,6 +41,27 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _check_ports_free(topology: Topology, http_host: str, http_port: int, public: str) -> None:
+    """Fail before starting anything if a port is taken: another server answering on it would
+    otherwise pass for ours (a stale signaling process still answers /healthz)."""
+    wanted = [(socket.SOCK_STREAM, http_host, http_port, "--http")]
+    for region in topology.regions:
+        for relay in region.relays:
+            wanted.append((socket.SOCK_DGRAM, public, relay.public_port, f"relay {relay.shard}"))
+            wanted.append((socket.SOCK_DGRAM, "127.0.0.1", relay.internal_port,
+                           f"relay {relay.shard} internal"))
+        for xcvr in region.transceivers:
+            wanted.append((socket.SOCK_DGRAM, "127.0.0.1", xcvr.port, f"transceiver {xcvr.id}"))
+    for kind, host, port, what in wanted:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, kind) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise CommandError(f"{what}: {host}:{port} is in use ({exc.strerror}); "
+                                   "is another `manage.py up` running?") from None
+
+
 class Command(BaseCommand):
     help = "Start Redis (if needed), signaling, relays, transceivers, Celery worker and beat."
 
@@ -54,6 +76,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         http_host, http_port = _host_port(options["http"])
         topology = self._load_topology(options["topology"])
+        _check_ports_free(topology, http_host, http_port, options["public_host"])
         var = Path(settings.VAR_DIR)
         (var / "run").mkdir(parents=True, exist_ok=True)
         redis_proc, redis_url = ensure_redis(settings.REDIS_URL, var / "redis")
