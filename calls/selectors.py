@@ -2,31 +2,57 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import Count, Q
 
 from calls.models import LIVE_STATES, Session
 from geo.models import Region
-from relays.models import RelayShard
-from relays.registry import TransceiverHeartbeat, relay_heartbeat_key, transceiver_heartbeat_key
+from relays.models import ALLOCATABLE_STATES, NodeState, RelayShard
+from relays.registry import (
+    REBALANCE_HOLDS_KEY,
+    RelayHeartbeat,
+    TransceiverHeartbeat,
+    relay_heartbeat_key,
+    transceiver_heartbeat_key,
+)
 from signaling_site.redis_client import get_redis
 from transceivers.models import Transceiver
 
 MAX_RELAY_WORKERS = 16  # heartbeat keys looked at per shard
 
 
+def _fresh(sent_at: float, now: float) -> bool:
+    """A heartbeat recent enough to offer the node: the guard that needs no probe."""
+    return now - sent_at <= settings.HEALTH_HEARTBEAT_MAX_AGE
+
+
 @dataclass(frozen=True)
 class TransceiverLoad:
     transceiver: Transceiver
     live_sessions: int
-    heartbeat: TransceiverHeartbeat | None
+    heartbeat: TransceiverHeartbeat | None  # None when missing or stale
+    held: str = ""  # why the rebalancer gives it no new sessions now ("" = not held)
+
+    @property
+    def up(self) -> bool:
+        """Alive and serving: a fresh heartbeat, not marked down, suspect or draining."""
+        hb = self.heartbeat
+        return hb is not None and not hb.draining and self.transceiver.state in (
+            *ALLOCATABLE_STATES, NodeState.FULL
+        )
 
     @property
     def available(self) -> bool:
-        hb = self.heartbeat
-        return hb is not None and not hb.draining and self.live_sessions < self.transceiver.capacity
+        """May take a new session: up, not full (stored state and live count), not held."""
+        return (
+            self.up and self.transceiver.state != NodeState.FULL
+            and self.live_sessions < self.transceiver.capacity
+        )
 
     @property
     def load(self) -> float:
@@ -40,11 +66,14 @@ class RegionCapacity:
     region: Region
     relays: tuple[RelayShard, ...]  # live ones
     transceivers: tuple[TransceiverLoad, ...]  # all of the region's
+    all_relays: tuple[RelayShard, ...] = ()  # every shard of the region, live or not
 
     @property
     def available(self) -> tuple[TransceiverLoad, ...]:
-        """Transceivers that can take a session now, least loaded first."""
-        return tuple(sorted((t for t in self.transceivers if t.available), key=lambda t: t.load))
+        """Transceivers that can take a session now, least loaded first; ones held by the
+        rebalancer only when nothing else can (a hold never refuses a caller)."""
+        ready = sorted((t for t in self.transceivers if t.available), key=lambda t: t.load)
+        return tuple(t for t in ready if not t.held) or tuple(ready)
 
     @property
     def usable(self) -> bool:
@@ -60,25 +89,35 @@ class RegionCapacity:
 
     @property
     def status(self) -> str:
-        """``ok`` or why the region cannot take a session: disabled, no_relay, no_transceiver."""
+        """``ok`` or why the region cannot take a session: disabled, no_relay, full (every
+        transceiver that is up is at capacity), no_transceiver (none up)."""
         if not self.region.enabled:
             return "disabled"
         if not self.relays:
             return "no_relay"
-        return "no_transceiver" if not self.available else "ok"
+        if self.available:
+            return "ok"
+        return "full" if any(t.up for t in self.transceivers) else "no_transceiver"
+
+
+def _relay_serving(values: list[bytes | str | None], now: float) -> bool:
+    beats = [RelayHeartbeat.from_json(v) for v in values if v]
+    return any(_fresh(b.sent_at, now) for b in beats) and not any(b.draining for b in beats)
 
 
 def relays_live(*, relays: Iterable[RelayShard]) -> list[RelayShard]:
-    """Relay shards with at least one fresh worker heartbeat."""
-    relays = list(relays)
+    """Relay shards that may carry new sessions: a fresh worker heartbeat, not draining, and a
+    stored health state that allows it (not down, suspect or draining)."""
+    relays = [r for r in relays if r.state in ALLOCATABLE_STATES]
     if not relays:
         return []
     keys = [relay_heartbeat_key(r.shard_id, w) for r in relays for w in range(MAX_RELAY_WORKERS)]
     values = get_redis().mget(keys)
+    now = time.time()
     return [
         relay
         for index, relay in enumerate(relays)
-        if any(values[index * MAX_RELAY_WORKERS : (index + 1) * MAX_RELAY_WORKERS])
+        if _relay_serving(values[index * MAX_RELAY_WORKERS : (index + 1) * MAX_RELAY_WORKERS], now)
     ]
 
 
@@ -89,18 +128,32 @@ def transceiver_heartbeats(*, ids: list[int]) -> dict[int, TransceiverHeartbeat]
     return {i: TransceiverHeartbeat.from_json(v) for i, v in zip(ids, values, strict=True) if v}
 
 
+def _holds() -> dict[int, str]:
+    raw = get_redis().get(REBALANCE_HOLDS_KEY)
+    return {int(k): str(v) for k, v in json.loads(raw).items()} if raw else {}
+
+
 def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCapacity:
     """What ``region`` can offer right now (heartbeats in Redis, live sessions in the DB)."""
     live = Count("sessions", filter=Q(sessions__state__in=LIVE_STATES))
-    relays = relays_live(relays=RelayShard.objects.filter(region=region).annotate(live=live))
+    all_relays = list(RelayShard.objects.filter(region=region).annotate(live=live))
+    relays = relays_live(relays=all_relays)
     rows = list(
         Transceiver.objects.filter(region=region)
         .exclude(transceiver_id__in=list(exclude))
         .annotate(live=live)
     )
     beats = transceiver_heartbeats(ids=[t.transceiver_id for t in rows])
-    loads = tuple(TransceiverLoad(t, t.live, beats.get(t.transceiver_id)) for t in rows)
-    return RegionCapacity(region, tuple(relays), loads)
+    now, holds = time.time(), _holds()
+    loads = tuple(
+        TransceiverLoad(
+            t, t.live, beat if beat is not None and _fresh(beat.sent_at, now) else None,
+            holds.get(t.transceiver_id, ""),
+        )
+        for t in rows
+        for beat in [beats.get(t.transceiver_id)]
+    )
+    return RegionCapacity(region, tuple(relays), loads, tuple(all_relays))
 
 
 def session_get(*, session_id: str) -> Session | None:

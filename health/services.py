@@ -165,7 +165,7 @@ def node_drain(*, kind: str, node_id: int, reason: str) -> bool:
         kind=kind, node_id=node_id, from_state=row.state, to_state=NodeState.DRAINING,
         reason=reason,
     )
-    get_redis().set(drain_key(kind, node_id), reason)
+    get_redis().set(drain_key(kind, node_id), reason, nx=True)  # the first reason stands
     return changed
 
 

@@ -16,10 +16,12 @@ import redis.asyncio as aioredis
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
+from health.http import serve_admin
 from relays.framing import Addr
 from relays.registry import (
     TRANSCEIVERS_KEY,
     TransceiverHeartbeat,
+    drain_key,
     format_addr,
     transceiver_channel,
     transceiver_heartbeat_key,
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 CONTROL_RETRY = 1.0  # seconds to wait after the channel layer failed (Redis away)
 TASK_STOP_TIMEOUT = 2.0  # seconds close() waits for cancelled tasks before moving on
+DRAIN_POLL = 0.1  # seconds between checks of a draining transceiver's live sessions
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class TransceiverConfig:
     connect_timeout: float = 30.0
     heartbeat_interval: float = 1.0
     heartbeat_ttl: float = 5.0
+    drain_grace: float = 600.0  # seconds a draining transceiver lets live calls run
+    admin: Addr | None = None  # HOST:PORT of the /livez + /readyz endpoint
 
 
 class Transceiver:
@@ -66,6 +71,11 @@ class Transceiver:
         self.sessions: SessionManager | None = None
         self.loop_lag_ms = 0.0
         self._stopping = False
+        self.drained = asyncio.Event()  # a drain is complete: serve() returns, the process exits
+        self.drain_reason: str | None = None
+        self._drain_requested = False  # by the operator's Redis key (SIGTERM cannot be undone)
+        self._drain_task: asyncio.Task[None] | None = None
+        self._admin: asyncio.Server | None = None
 
     @property
     def address(self) -> Addr:
@@ -95,11 +105,15 @@ class Transceiver:
         await self._write_heartbeat()
         self._spawn(self._control_loop())
         self._spawn(self._heartbeat_loop())
+        if self.config.admin is not None:
+            self._admin = await serve_admin(self.config.admin, ready=self.ready)
         logger.info("transceiver %s on %s:%s", self.config.transceiver_id, host, port)
 
     async def close(self) -> None:
         """Stop taking requests, close every session, leave the registry, close the socket."""
         self._stopping = True
+        if self._admin is not None:
+            self._admin.close()
         if self.sessions is not None:
             self.sessions.draining = True
         for task in list(self._tasks):
@@ -111,6 +125,8 @@ class Transceiver:
         if self._redis is not None:
             await self._redis.hdel(TRANSCEIVERS_KEY, str(self.config.transceiver_id))
             await self._redis.delete(transceiver_heartbeat_key(self.config.transceiver_id))
+            if self.drained.is_set() and self._drain_requested:  # done: a restart starts fresh
+                await self._redis.delete(drain_key("transceiver", self.config.transceiver_id))
             await self._redis.aclose()
             self._redis = None
         if self.mux is not None:
@@ -143,6 +159,57 @@ class Transceiver:
             "drops": {reason.value: n for reason, n in self.mux.table.drops.items()}
             if self.mux else {},
         }
+
+    def ready(self) -> bool:
+        """Readiness: started and taking new sessions (liveness is the loop answering at all)."""
+        return self.sessions is not None and not self.sessions.draining and not self._stopping
+
+    # drain: no new sessions, live ones run until they end or the grace period is over
+
+    def drain(self, reason: str) -> None:
+        """Start draining (idempotent); ``drained`` is set once no session is left."""
+        assert self.sessions is not None
+        if self._drain_task is not None:
+            return
+        logger.info("transceiver %s draining (%s): %d live sessions", self.config.transceiver_id,
+                    reason, len(self.sessions))
+        self.drain_reason = reason
+        self.sessions.draining = True
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_watch())
+        self._tasks.add(self._drain_task)
+        self._drain_task.add_done_callback(self._tasks.discard)
+
+    def resume(self) -> None:
+        """Cancel an operator's drain that has not finished."""
+        if self._drain_task is None or self.drained.is_set() or self.sessions is None:
+            return
+        logger.info("transceiver %s resumes taking sessions", self.config.transceiver_id)
+        self._drain_task.cancel()
+        self._drain_task, self.drain_reason = None, None
+        self.sessions.draining = False
+
+    async def _drain_watch(self) -> None:
+        assert self.sessions is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_grace
+        while len(self.sessions) and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+        if len(self.sessions):
+            await self.sessions.close_all(reason="drain grace period over")
+        logger.info("transceiver %s drained", self.config.transceiver_id)
+        self.drained.set()
+
+    async def _follow_drain_key(self) -> None:
+        """Drain when the operator's key appears; resume when it goes before the drain ends."""
+        assert self._redis is not None
+        requested = bool(await self._redis.exists(drain_key("transceiver",
+                                                            self.config.transceiver_id)))
+        if requested and self._drain_task is None:
+            self._drain_requested = True
+            self.drain("requested by operator")
+        elif not requested and self._drain_requested and self.drain_reason is not None:
+            self._drain_requested = False
+            self.resume()
 
     # control: handlers are named after the message type
 
@@ -221,6 +288,7 @@ class Transceiver:
             await asyncio.sleep(interval)
             self.loop_lag_ms = max(0.0, (loop.time() - started - interval) * 1000)
             try:
+                await self._follow_drain_key()
                 await self._write_heartbeat()
             except (OSError, aioredis.RedisError) as exc:
                 logger.warning("heartbeat: %s", exc)
@@ -243,18 +311,23 @@ class Transceiver:
 
 
 async def serve(config: TransceiverConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Run a transceiver until SIGTERM or SIGINT, then close every session gracefully."""
+    """Run a transceiver. SIGTERM drains (no new sessions; live ones run up to the grace period)
+    and then exits; SIGINT closes every session now."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
         async with Transceiver(config) as transceiver:
+            loop.add_signal_handler(signal.SIGTERM, transceiver.drain, "SIGTERM")
             address = format_addr(transceiver.address)
             logger.info("READY transceiver %s %s", config.transceiver_id, address)
             if ready is not None:
                 ready.set()
-            await stop.wait()
+            stopped = asyncio.create_task(stop.wait())
+            drained = asyncio.create_task(transceiver.drained.wait())
+            await asyncio.wait((stopped, drained), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            drained.cancel()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

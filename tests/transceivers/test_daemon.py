@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 
@@ -222,3 +223,57 @@ async def poll_state(session_id: object, until: str = "connected") -> str:
             if state == until:
                 return str(state)
             await asyncio.sleep(0.05)
+
+
+async def _http_get(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    status = int((await reader.readline()).split()[1])
+    writer.close()
+    return status
+
+
+async def test_drain_key_stops_new_sessions_waits_for_live_ones_then_drained(
+    redis_url: str,
+) -> None:
+    from relays.registry import drain_key
+    from tests.e2e.conftest import free_port
+
+    admin = free_port(socket.SOCK_STREAM)
+    config = make_config(redis_url, admin=("127.0.0.1", admin), connect_timeout=30.0)
+    client = redis.Redis.from_url(redis_url)
+    async with Transceiver(config) as transceiver:
+        assert await _http_get(admin, "/readyz") == 200
+        session_id = str(uuid.uuid4())
+        ufrag, pwd = credentials()
+        await control.request_answer(
+            transceiver_id=config.transceiver_id, session_id=session_id,
+            offer_sdp=await Client().offer(), ufrag=ufrag, pwd=pwd,
+            relay_public=("127.0.0.1", 9), timeout=5,
+        )
+        client.set(drain_key("transceiver", config.transceiver_id), "test")
+        async with asyncio.timeout(5):
+            while transceiver.ready():
+                await asyncio.sleep(0.05)
+        assert await _http_get(admin, "/readyz") == 503
+        assert await _http_get(admin, "/livez") == 200
+        status = await control.request_ping(transceiver_id=config.transceiver_id, timeout=5)
+        assert status["draining"] is True and status["sessions"] == 1
+        await asyncio.sleep(0.5)
+        assert not transceiver.drained.is_set()  # the live session still runs
+        assert transceiver.sessions is not None
+        await transceiver.sessions.close(session_id, reason="call over")
+        await asyncio.wait_for(transceiver.drained.wait(), 5)
+    assert client.exists(drain_key("transceiver", config.transceiver_id)) == 0
+    client.close()
+
+
+async def test_drain_without_sessions_is_immediate_and_resume_cancels(redis_url: str) -> None:
+    async with Transceiver(make_config(redis_url, drain_grace=0.3)) as transceiver:
+        assert transceiver.sessions is not None
+        transceiver.drain("SIGTERM")
+        await asyncio.wait_for(transceiver.drained.wait(), 5)  # no sessions: at once
+    async with Transceiver(make_config(redis_url)) as transceiver:
+        transceiver.drain("requested by operator")
+        transceiver.resume()
+        assert transceiver.ready() and not transceiver.drained.is_set()

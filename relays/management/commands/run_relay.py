@@ -38,6 +38,7 @@ class Command(BaseCommand):
         parser.add_argument("--internal", required=True, help="HOST:PORT transceivers talk to")
         parser.add_argument("--workers", type=int, default=1, help="SO_REUSEPORT processes")
         parser.add_argument("--region", default=settings.DEFAULT_REGION)
+        parser.add_argument("--admin", help="HOST:PORT serving GET /livez and /readyz (worker 0)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         workers = options["workers"]
@@ -62,6 +63,8 @@ class Command(BaseCommand):
             redis_url=settings.REDIS_URL, keyring=settings.UFRAG_KEYRING,
             idle_timeout=settings.FLOW_IDLE_TIMEOUT, max_flows=settings.FLOW_TABLE_MAX,
             heartbeat_interval=settings.HEARTBEAT_INTERVAL, heartbeat_ttl=settings.HEARTBEAT_TTL,
+            drain_grace=settings.DRAIN_GRACE,
+            admin=_parse_addr(options["admin"]) if options["admin"] else None,
         )
         logging.config.dictConfig(settings.LOGGING)
         if workers == 1:

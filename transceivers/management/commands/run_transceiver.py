@@ -22,6 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--bind", required=True, help="HOST:PORT of the internal socket")
         parser.add_argument("--region", default=settings.DEFAULT_REGION)
         parser.add_argument("--capacity", type=int, default=settings.TRANSCEIVER_CAPACITY)
+        parser.add_argument("--admin", help="HOST:PORT serving GET /livez and /readyz")
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = _parse_bind(options["bind"])
@@ -34,6 +35,8 @@ class Command(BaseCommand):
             redis_url=settings.REDIS_URL, region_code=options["region"],
             capacity=options["capacity"], connect_timeout=settings.SESSION_CONNECT_TIMEOUT,
             heartbeat_interval=settings.HEARTBEAT_INTERVAL, heartbeat_ttl=settings.HEARTBEAT_TTL,
+            drain_grace=settings.DRAIN_GRACE,
+            admin=_parse_bind(options["admin"]) if options["admin"] else None,
         )
         logging.config.dictConfig(settings.LOGGING)
         asyncio.run(serve(config))
