@@ -28,7 +28,9 @@ from calls.selectors import (
 )
 from calls.steering import SteeringError, client_ip_of, locate_client, rank_regions_for
 from geo.distance import LatLon, great_circle_km
+from relays.models import RelayShard
 from transceivers.control import ControlError, ControlTimeout, request_answer, request_close
+from transceivers.models import Transceiver
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +242,12 @@ async def session_resource(request: HttpRequest, session_id: UUID) -> HttpRespon
     return _cors(response, request)
 
 
+def _state_json(node: RelayShard | Transceiver) -> dict[str, Any]:
+    """The node's last health transition (issue #4): reason and when."""
+    changed = node.state_changed_at
+    return {"state_reason": node.state_reason, "state_changed_at": changed and changed.isoformat()}
+
+
 def region_json(capacity: RegionCapacity, client: LatLon | None) -> dict[str, Any]:
     region = capacity.region
     point = LatLon(region.latitude, region.longitude)
@@ -254,13 +262,16 @@ def region_json(capacity: RegionCapacity, client: LatLon | None) -> dict[str, An
         "load": round(capacity.load, 3),
         "distance_km": round(great_circle_km(client, point), 1) if client else None,
         "relays": [
-            {"shard": r.shard_id, "public": f"{r.public_host}:{r.public_port}", "state": r.state}
-            for r in capacity.relays
+            {"shard": r.shard_id, "public": f"{r.public_host}:{r.public_port}", "state": r.state,
+             **_state_json(r), "live": r in capacity.relays}
+            for r in capacity.all_relays or capacity.relays
         ],
         "transceivers": [
             {"id": t.transceiver.transceiver_id, "state": t.transceiver.state,
+             **_state_json(t.transceiver),
              "live": t.heartbeat is not None, "sessions": t.live_sessions,
-             "capacity": t.transceiver.capacity, "available": t.available}
+             "capacity": t.transceiver.capacity, "available": t.available,
+             "held": t.held or None}
             for t in capacity.transceivers
         ],
     }

@@ -29,6 +29,9 @@ class ChildSpec:
     name: str
     argv: tuple[str, ...]
     restart: bool = True
+    required: bool = True  # when it exits for good, up stops
+    drainable: bool = False  # exit status 0 is a finished drain: it stays down, up goes on
+    stop_signal: int = signal.SIGTERM
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     pump: threading.Thread | None = field(default=None, repr=False)
+    done: bool = False  # exited and will not be restarted (reported once)
 
 
 class Supervisor:
@@ -97,9 +101,11 @@ class Supervisor:
         restarted = []
         for child in self._children.values():
             proc = child.proc
-            if proc is None or proc.poll() is None or self._stopping.is_set():
+            if proc is None or proc.poll() is None or self._stopping.is_set() or child.done:
                 continue
-            if not child.spec.restart:
+            if not child.spec.restart or (child.spec.drainable and proc.returncode == 0):
+                child.done = True
+                self.say(f"[up] {child.spec.name} exited with {proc.returncode}; not restarting")
                 continue
             backoff = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
             if time.monotonic() - child.started_at < backoff:
@@ -113,11 +119,12 @@ class Supervisor:
         return restarted
 
     def exited(self) -> list[str]:
-        """Children that died and will not be restarted."""
+        """Required children that died and will not be restarted."""
         return [
             n
             for n, c in self._children.items()
-            if not c.spec.restart and c.proc is not None and c.proc.poll() is not None
+            if not c.spec.restart and c.spec.required and c.proc is not None
+            and c.proc.poll() is not None
         ]
 
     def stop(self, order: Sequence[str] | None = None) -> None:
@@ -125,7 +132,7 @@ class Supervisor:
         self._stopping.set()
         names = list(order or []) + [n for n in self._children if n not in (order or [])]
         for name in names:
-            self._signal(name, signal.SIGTERM)
+            self._signal(name, signal.Signals(self._children[name].spec.stop_signal))
         deadline = time.monotonic() + STOP_GRACE
         for name in names:
             proc = self._children[name].proc

@@ -72,6 +72,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY)
         parser.add_argument("--relay-workers", type=int, default=1)
+        parser.add_argument(
+            "--no-restart", action="append", default=[], metavar="NAME",
+            help="child (e.g. transceiver-2) left down when it dies (health tests)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         http_host, http_port = _host_port(options["http"])
@@ -143,17 +147,26 @@ class Command(BaseCommand):
     ) -> None:
         manage = (sys.executable, str(Path(settings.BASE_DIR) / "manage.py"))
         public = options["public_host"]
+        keep_down = set(options["no_restart"])
+
+        def node(name: str, argv: tuple[str, ...], stop: int = signal.SIGTERM) -> ChildSpec:
+            # A drained node exits 0 and stays down; SIGINT stops a transceiver now (SIGTERM
+            # would drain it).
+            return ChildSpec(name, argv, restart=name not in keep_down,
+                             required=name not in keep_down, drainable=True, stop_signal=stop)
+
         for region in topology.regions:
             for relay in region.relays:
-                sup.add(ChildSpec(f"relay-{relay.shard}", (*manage, "run_relay",
+                sup.add(node(f"relay-{relay.shard}", (*manage, "run_relay",
                     "--shard", str(relay.shard), "--region", region.code,
                     "--public", f"{public}:{relay.public_port}",
                     "--internal", f"127.0.0.1:{relay.internal_port}",
                     "--workers", str(options["relay_workers"]))))
             for xcvr in region.transceivers:
-                sup.add(ChildSpec(f"transceiver-{xcvr.id}", (*manage, "run_transceiver",
+                sup.add(node(f"transceiver-{xcvr.id}", (*manage, "run_transceiver",
                     "--id", str(xcvr.id), "--region", region.code,
-                    "--bind", f"127.0.0.1:{xcvr.port}", "--capacity", str(xcvr.capacity))))
+                    "--bind", f"127.0.0.1:{xcvr.port}", "--capacity", str(xcvr.capacity)),
+                    stop=signal.SIGINT))
         access_log = Path(settings.VAR_DIR) / "run" / "access.log"
         sup.add(ChildSpec("signaling", (sys.executable, "-m", "daphne", "-b", host, "-p",
                                         str(port), "--access-log", str(access_log),
