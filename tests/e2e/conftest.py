@@ -83,7 +83,8 @@ class Edge:
 
 
 def start_edge(tmp: Path, redis_url: str, regions: list[dict[str, Any]],
-               extra_env: dict[str, str] | None = None) -> Edge:
+               extra_env: dict[str, str] | None = None,
+               extra_args: list[str] | None = None) -> Edge:
     topology = make_topology(regions)
     (tmp / "topology.json").write_text(json.dumps(topology))
     http = free_port(socket.SOCK_STREAM)
@@ -91,7 +92,7 @@ def start_edge(tmp: Path, redis_url: str, regions: list[dict[str, Any]],
            "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO", **(extra_env or {})}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "up", "--http", f"127.0.0.1:{http}",
-         "--topology", str(tmp / "topology.json")],
+         "--topology", str(tmp / "topology.json"), *(extra_args or [])],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     lines: list[str] = []
