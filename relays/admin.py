@@ -11,7 +11,8 @@ from relays.models import RelayShard
 @admin.register(RelayShard)
 class RelayShardAdmin(admin.ModelAdmin):
     list_display = (
-        "shard_id", "region", "public_address", "state", "live_sessions", "state_changed_at",
+        "shard_id", "region", "public_address", "state", "state_reason", "live_sessions",
+        "state_changed_at",
     )
     list_filter = ("state", "region")
     search_fields = ("shard_id", "public_host")

@@ -11,7 +11,8 @@ from transceivers.models import Transceiver
 @admin.register(Transceiver)
 class TransceiverAdmin(admin.ModelAdmin):
     list_display = (
-        "transceiver_id", "region", "bind_address", "state", "live_sessions", "capacity", "load",
+        "transceiver_id", "region", "bind_address", "state", "state_reason", "state_changed_at",
+        "live_sessions", "capacity", "load",
     )
     list_filter = ("state", "region")
     search_fields = ("transceiver_id", "bind_host")
