@@ -24,7 +24,19 @@ class NodeState(models.TextChoices):
 ALLOCATABLE_STATES = (NodeState.HEALTHY, NodeState.UNKNOWN)
 
 
-class RelayShard(models.Model):
+class FleetNode(models.Model):
+    """What every relay shard and transceiver records about its health (health/ writes it)."""
+
+    state = models.CharField(max_length=16, choices=NodeState.choices, default=NodeState.UNKNOWN)
+    state_reason = models.CharField(max_length=200, blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+
+
+class RelayShard(FleetNode):
     shard_id = models.PositiveIntegerField(
         unique=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_NODE_ID)]
     )
@@ -33,10 +45,6 @@ class RelayShard(models.Model):
     public_port = models.PositiveIntegerField(validators=[MaxValueValidator(65535)])
     internal_host = models.GenericIPAddressField()
     internal_port = models.PositiveIntegerField(validators=[MaxValueValidator(65535)])
-    state = models.CharField(max_length=16, choices=NodeState.choices, default=NodeState.UNKNOWN)
-    state_reason = models.CharField(max_length=200, blank=True)
-    state_changed_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["shard_id"]

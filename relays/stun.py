@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from collections.abc import Iterator
 
 MAGIC_COOKIE = 0x2112A442  # RFC 8489 section 5
 HEADER_LENGTH = 20  # RFC 8489 section 5
@@ -67,20 +68,14 @@ def parse_username(data: bytes | memoryview) -> str:
     """Return the USERNAME of a STUN message; ``ValueError`` when absent or malformed."""
     if not looks_like_stun(data):
         raise ValueError("not stun")
-    offset, end = HEADER_LENGTH, len(data)
-    while offset + 4 <= end:
-        attr_type, attr_len = _ATTR.unpack_from(data, offset)
-        value_end = offset + 4 + attr_len
-        if value_end > end:
-            raise ValueError("truncated attribute")
+    for attr_type, start, end in _walk_attributes(data):
         if attr_type == ATTR_USERNAME:
-            if attr_len > MAX_USERNAME:
+            if end - start > MAX_USERNAME:
                 raise ValueError("username too long")
             try:
-                return bytes(data[offset + 4 : value_end]).decode("utf-8")
+                return bytes(data[start:end]).decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError("username not utf-8") from None
-        offset = value_end + (-attr_len % 4)  # attributes are padded to 4 bytes
     raise ValueError("no username")
 
 
@@ -101,17 +96,23 @@ def transaction_id(data: bytes | memoryview) -> bytes:
     return bytes(data[8:20])
 
 
-def _attributes(data: bytes | memoryview) -> dict[int, bytes]:
-    """First value of each attribute of a well-framed STUN message (RFC 8489 section 14)."""
-    found: dict[int, bytes] = {}
+def _walk_attributes(data: bytes | memoryview) -> Iterator[tuple[int, int, int]]:
+    """Yield ``(type, value start, value end)`` of each attribute, lazily (RFC 8489 section 14)."""
     offset, end = HEADER_LENGTH, len(data)
     while offset + 4 <= end:
         attr_type, attr_len = _ATTR.unpack_from(data, offset)
         value_end = offset + 4 + attr_len
         if value_end > end:
             raise ValueError("truncated attribute")
-        found.setdefault(attr_type, bytes(data[offset + 4 : value_end]))
-        offset = value_end + (-attr_len % 4)
+        yield attr_type, offset + 4, value_end
+        offset = value_end + (-attr_len % 4)  # attributes are padded to 4 bytes
+
+
+def _attributes(data: bytes | memoryview) -> dict[int, bytes]:
+    """First value of each attribute of a well-framed STUN message (RFC 8489 section 14)."""
+    found: dict[int, bytes] = {}
+    for attr_type, start, end in _walk_attributes(data):
+        found.setdefault(attr_type, bytes(data[start:end]))
     return found
 
 

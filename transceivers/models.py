@@ -5,11 +5,11 @@ from __future__ import annotations
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from relays.models import NodeState
+from relays.models import FleetNode
 from relays.ufrag import MAX_NODE_ID
 
 
-class Transceiver(models.Model):
+class Transceiver(FleetNode):
     transceiver_id = models.PositiveIntegerField(
         unique=True, validators=[MinValueValidator(1), MaxValueValidator(MAX_NODE_ID)]
     )
@@ -17,10 +17,6 @@ class Transceiver(models.Model):
     bind_host = models.GenericIPAddressField()
     bind_port = models.PositiveIntegerField(validators=[MaxValueValidator(65535)])
     capacity = models.PositiveIntegerField(default=200)
-    state = models.CharField(max_length=16, choices=NodeState.choices, default=NodeState.UNKNOWN)
-    state_reason = models.CharField(max_length=200, blank=True)
-    state_changed_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["transceiver_id"]
