@@ -108,6 +108,7 @@ class Relay:
         self.health_answered = 0
         self.draining = False
         self.drained = asyncio.Event()  # set when a drain is complete: serve() returns
+        self._closing = False
         self._drain_started: float | None = None
         self._admin: asyncio.Server | None = None
         self._buf = bytearray(MAX_DATAGRAM)
@@ -162,6 +163,7 @@ class Relay:
 
     async def close(self) -> None:
         """Remove readers, cancel every task, close Redis and both sockets. Idempotent."""
+        self._closing = True
         if self._admin is not None:
             self._admin.close()
             self._admin = None
@@ -363,7 +365,7 @@ class Relay:
     async def _every(self, interval: float, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` every ``interval`` s; on Redis errors back off up to MAX_BACKOFF."""
         delay = interval
-        while True:
+        while not self._closing:  # redis-py may turn our cancel into a RedisError: stop anyway
             await asyncio.sleep(delay)
             ok = await self._guarded(work)
             delay = interval if ok else min(max(delay * 2, 0.1), MAX_BACKOFF)
@@ -449,7 +451,7 @@ class Relay:
         """Resolve pending unknown sources with one pipelined GET per round."""
         assert self._redis is not None and self._loop is not None
         delay = 0.0
-        while True:
+        while not self._closing:
             await self._lookup_wakeup.wait()
             self._lookup_wakeup.clear()
             clients = list(self._pending)

@@ -283,7 +283,7 @@ class Transceiver:
     async def _heartbeat_loop(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.config.heartbeat_interval
-        while True:
+        while not self._stopping:  # redis-py may turn our cancel into a RedisError: stop anyway
             started = loop.time()
             await asyncio.sleep(interval)
             self.loop_lag_ms = max(0.0, (loop.time() - started - interval) * 1000)

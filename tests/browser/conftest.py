@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.e2e.conftest import ROOT, Edge, e2e_redis_url, start_edge, stop_edge
+from tests.e2e.conftest import ROOT, Edge, redis_dbs, start_edge, stop_edge
 
-__all__ = ["e2e_redis_url"]  # re-exported fixture: the browser edge shares its Redis server
+__all__ = ["redis_dbs"]  # re-exported fixture: the browser edge gets a db of its own
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -40,7 +39,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-BROWSER_REDIS_DB = 13  # its own db: the e2e edge (db 14) may run in the same session
 ARTIFACTS = ROOT / "test-artifacts"
 DOCS = ROOT / "docs"
 STAFF_USER, STAFF_PASSWORD = "ops", "browser-test-password"
@@ -67,12 +65,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # Package scope: torn down before other packages' tests run. Playwright's sync API leaves an event
 # loop marked running in this thread, which later asyncio tests cannot share.
 @pytest.fixture(scope="package")
-def browser_edge(tmp_path_factory: pytest.TempPathFactory, e2e_redis_url: str) -> Iterator[Edge]:
+def browser_edge(
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: Callable[[], str]
+) -> Iterator[Edge]:
     """The whole system with three regions, each with one relay shard and one transceiver."""
-    redis_url = re.sub(r"/\d*$", f"/{BROWSER_REDIS_DB}", e2e_redis_url)
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
+    redis_url = redis_dbs()
     tmp = tmp_path_factory.mktemp("browser-edge")
     edge = start_edge(
         tmp, redis_url, json.loads(json.dumps(REGIONS)), extra_env={"HEARTBEAT_TTL": "3"}

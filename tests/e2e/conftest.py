@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import redis
 from tests.conftest import with_db
 
 ROOT = Path(__file__).resolve().parents[2]
-E2E_REDIS_DB = 14
+E2E_REDIS_DBS = range(1, 15)  # db 15 is the unit tests'
 READY_TIMEOUT = 120.0
 
 
@@ -128,11 +128,23 @@ def stop_edge(edge: Edge) -> int:
 
 
 @pytest.fixture(scope="session")
-def e2e_redis_url(redis_server: str) -> str:
-    """A Redis db of its own for the running system (never flushed under it)."""
-    url = with_db(redis_server, E2E_REDIS_DB)
-    redis.Redis.from_url(url).flushdb()
-    return url
+def redis_dbs(redis_server: str) -> Callable[[], str]:
+    """Hands out a fresh, flushed Redis db per running system, so two edges alive at once
+    (the session's and a module's) never share a registry or heartbeats."""
+    numbers = iter(E2E_REDIS_DBS)
+
+    def next_url() -> str:
+        url = with_db(redis_server, next(numbers))
+        redis.Redis.from_url(url).flushdb()
+        return url
+
+    return next_url
+
+
+@pytest.fixture(scope="session")
+def e2e_redis_url(redis_dbs: Callable[[], str]) -> str:
+    """The Redis db of the session's shared edge."""
+    return redis_dbs()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -33,7 +33,9 @@ def _region(code: str, name: str, lat: float, lon: float, shard: int, default: b
 
 
 @pytest.fixture(scope="module")
-def geo_edge(tmp_path_factory: pytest.TempPathFactory, e2e_redis_url: str) -> Iterator[Edge]:
+def geo_edge(
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: Callable[[], str]
+) -> Iterator[Edge]:
     tmp = tmp_path_factory.mktemp("geo")
     db = write_city_db(tmp / "city.mmdb")
     regions = [
@@ -41,7 +43,7 @@ def geo_edge(tmp_path_factory: pytest.TempPathFactory, e2e_redis_url: str) -> It
         _region("us-east", "Virginia", 38.95, -77.45, 2),
         _region("ap-south", "Mumbai", 19.08, 72.88, 3),
     ]
-    edge = start_edge(tmp, e2e_redis_url, regions, extra_env={
+    edge = start_edge(tmp, redis_dbs(), regions, extra_env={
         "GEOIP_DATABASE": str(db), "HEARTBEAT_TTL": "2", "RATE_LIMIT_PER_MINUTE": "1000",
     })
     yield edge

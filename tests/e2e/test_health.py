@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -34,7 +34,9 @@ WAIT = 30.0  # generous bound for anything eventual: the machine may be busy
 
 
 @pytest.fixture(scope="module")
-def health_edge(tmp_path_factory: pytest.TempPathFactory, e2e_redis_url: str) -> Iterator[Edge]:
+def health_edge(
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: Callable[[], str]
+) -> Iterator[Edge]:
     regions = [
         {"code": "near", "name": "Near", "latitude": 0.0, "longitude": 0.0, "default": True,
          "relays": [{"shard": 11}, {"shard": 12}],
@@ -43,7 +45,7 @@ def health_edge(tmp_path_factory: pytest.TempPathFactory, e2e_redis_url: str) ->
          "relays": [{"shard": 13}], "transceivers": [{"id": 13, "capacity": 20}]},
     ]
     edge = start_edge(
-        tmp_path_factory.mktemp("health"), e2e_redis_url, regions,
+        tmp_path_factory.mktemp("health"), redis_dbs(), regions,
         extra_env={"HEALTH_PROBE_INTERVAL": str(INTERVAL),  # probe timeout: 0.8 x interval
                    "HEALTH_REBALANCE_INTERVAL": "1", "RATE_LIMIT_PER_MINUTE": "1000"},
         extra_args=["--no-restart", "relay-12", "--no-restart", "transceiver-11",

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -19,11 +20,11 @@ pytestmark = [pytest.mark.e2e]
 
 
 def test_up_is_ready_then_stops_every_child(
-    e2e_redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    redis_dbs: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     regions = json.loads(json.dumps(LOCAL))
     regions[0]["code"] = "solo"
-    edge = start_edge(tmp_path_factory.mktemp("up"), e2e_redis_url, regions)
+    edge = start_edge(tmp_path_factory.mktemp("up"), redis_dbs(), regions)
     ready = [line for line in edge.lines if line.startswith("READY ")]
     assert ready == [f"READY {edge.base_url}/ relays=solo:127.0.0.1:{edge.relay_public(1)[1]}"]
     deadline = time.monotonic() + 5  # the URL lines follow READY

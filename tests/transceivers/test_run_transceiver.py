@@ -103,10 +103,13 @@ async def test_ten_calls_one_socket_then_sigterm(daemon: Daemon, redis_url: str)
         assert status["sessions"] == CALLS and status["connected"] == CALLS
         logger.info("transceiver status with %d calls: %s", CALLS, status)
 
+        # SIGTERM drains: the process stays while calls are live, and leaves once they end.
         daemon.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(daemon.proc.wait, 20) == 0
+        await asyncio.sleep(1.0)
+        assert daemon.proc.poll() is None, "a draining transceiver left with live calls"
         for client in clients:
             await client.pc.close()
+        assert await asyncio.to_thread(daemon.proc.wait, 20) == 0
     check = redis.Redis.from_url(redis_url)
     assert check.hget(TRANSCEIVERS_KEY, str(TRANSCEIVER_ID)) is None
     assert check.get(transceiver_heartbeat_key(TRANSCEIVER_ID)) is None
