@@ -246,7 +246,7 @@ def run(quick: bool) -> list[Row]:
             note="request_answer over channels_redis to the edge transceiver (no HTTP/DB)"),
         Row("signaling: direct + ChannelEventSink p50", percentile(published, 50), "ms",
             baseline=d50, ratio=percentile(published, 50) / d50,
-            note="open() awaits group_send(ANSWERED) before the answer goes out"),
+            note="open() with the real event sink (ANSWERED is queued, not awaited)"),
         Row("signaling: sustained answers/s", rate, "1/s", baseline=direct_rate,
             ratio=rate / direct_rate, note=f"{CONCURRENCY} concurrent clients, {seconds:g} s"),
     ]
