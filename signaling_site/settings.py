@@ -196,6 +196,8 @@ HEARTBEAT_TTL = env_float("HEARTBEAT_TTL", 5.0)  # a node whose heartbeat is old
 CONTROL_TIMEOUT = env_float("CONTROL_TIMEOUT", 5.0)  # signaling -> transceiver request/reply
 SESSION_CONNECT_TIMEOUT = env_float("SESSION_CONNECT_TIMEOUT", 30.0)
 TRANSCEIVER_CAPACITY = env_int("TRANSCEIVER_CAPACITY", 200)
+# Voice agent factory (session_id -> transceivers.agents.VoiceAgent) for run_transceiver.
+VOICE_AGENT = env_str("VOICE_AGENT", "transceivers.agents.EchoAgent")
 FLOW_IDLE_TIMEOUT = env_float("FLOW_IDLE_TIMEOUT", 60.0)
 FLOW_TABLE_MAX = env_int("FLOW_TABLE_MAX", 200_000)
 MAX_SDP_BYTES = env_int("MAX_SDP_BYTES", 64 * 1024)

@@ -310,14 +310,17 @@ class Transceiver:
         task.add_done_callback(self._tasks.discard)
 
 
-async def serve(config: TransceiverConfig, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    config: TransceiverConfig, *, ready: asyncio.Event | None = None,
+    agent_factory: AgentFactory = EchoAgent,
+) -> None:
     """Run a transceiver. SIGTERM drains (no new sessions; live ones run up to the grace period)
     and then exits; SIGINT closes every session now."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
-        async with Transceiver(config) as transceiver:
+        async with Transceiver(config, agent_factory=agent_factory) as transceiver:
             loop.add_signal_handler(signal.SIGTERM, transceiver.drain, "SIGTERM")
             address = format_addr(transceiver.address)
             logger.info("READY transceiver %s %s", config.transceiver_id, address)

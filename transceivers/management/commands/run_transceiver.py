@@ -1,4 +1,5 @@
-"""``manage.py run_transceiver --id N --bind HOST:PORT [--region CODE] [--capacity N]``."""
+"""``manage.py run_transceiver --id N --bind HOST:PORT [--region CODE] [--capacity N]
+[--agent DOTTED.PATH] [--admin HOST:PORT]``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.module_loading import import_string
 
 from geo.models import Region
 from geo.selectors import region_by_code
@@ -23,9 +25,17 @@ class Command(BaseCommand):
         parser.add_argument("--region", default=settings.DEFAULT_REGION)
         parser.add_argument("--capacity", type=int, default=settings.TRANSCEIVER_CAPACITY)
         parser.add_argument("--admin", help="HOST:PORT serving GET /livez and /readyz")
+        parser.add_argument(
+            "--agent", default=settings.VOICE_AGENT,
+            help="dotted path of the voice agent factory (session_id -> VoiceAgent)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = _parse_bind(options["bind"])
+        try:
+            agent_factory = import_string(options["agent"])
+        except ImportError as exc:
+            raise CommandError(f"--agent {options['agent']!r}: {exc}") from None
         try:
             region_by_code(code=options["region"])  # fail fast; serve() upserts the row
         except Region.DoesNotExist:
@@ -39,7 +49,7 @@ class Command(BaseCommand):
             admin=_parse_bind(options["admin"]) if options["admin"] else None,
         )
         logging.config.dictConfig(settings.LOGGING)
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, agent_factory=agent_factory))
 
 
 def _parse_bind(text: str) -> tuple[str, int]:
