@@ -13,17 +13,10 @@ from django.db.models import Count, Q
 from calls.models import LIVE_STATES, Session
 from geo.models import Region
 from relays.models import ALLOCATABLE_STATES, NodeState, RelayShard
-from relays.registry import (
-    REBALANCE_HOLDS_KEY,
-    RelayHeartbeat,
-    TransceiverHeartbeat,
-    relay_heartbeat_key,
-    transceiver_heartbeat_key,
-)
+from relays.registry import REBALANCE_HOLDS_KEY, RelayHeartbeat, TransceiverHeartbeat
+from relays.selectors import relay_heartbeats, transceiver_heartbeats
 from signaling_site.redis_client import get_redis
 from transceivers.models import Transceiver
-
-MAX_RELAY_WORKERS = 16  # heartbeat keys looked at per shard
 
 
 def _fresh(sent_at: float, now: float) -> bool:
@@ -100,8 +93,7 @@ class RegionCapacity:
         return "full" if any(t.up for t in self.transceivers) else "no_transceiver"
 
 
-def _relay_serving(values: list[bytes | str | None], now: float) -> bool:
-    beats = [RelayHeartbeat.from_json(v) for v in values if v]
+def _relay_serving(beats: list[RelayHeartbeat], now: float) -> bool:
     return any(_fresh(b.sent_at, now) for b in beats) and not any(b.draining for b in beats)
 
 
@@ -111,21 +103,9 @@ def relays_live(*, relays: Iterable[RelayShard]) -> list[RelayShard]:
     relays = [r for r in relays if r.state in ALLOCATABLE_STATES]
     if not relays:
         return []
-    keys = [relay_heartbeat_key(r.shard_id, w) for r in relays for w in range(MAX_RELAY_WORKERS)]
-    values = get_redis().mget(keys)
+    beats = relay_heartbeats(shards=[r.shard_id for r in relays])
     now = time.time()
-    return [
-        relay
-        for index, relay in enumerate(relays)
-        if _relay_serving(values[index * MAX_RELAY_WORKERS : (index + 1) * MAX_RELAY_WORKERS], now)
-    ]
-
-
-def transceiver_heartbeats(*, ids: list[int]) -> dict[int, TransceiverHeartbeat]:
-    if not ids:
-        return {}
-    values = get_redis().mget([transceiver_heartbeat_key(i) for i in ids])
-    return {i: TransceiverHeartbeat.from_json(v) for i, v in zip(ids, values, strict=True) if v}
+    return [relay for relay in relays if _relay_serving(beats.get(relay.shard_id, []), now)]
 
 
 def _holds() -> dict[int, str]:

@@ -15,16 +15,13 @@ from django.conf import settings
 from django.db.models import Count, Q
 
 from calls.models import LIVE_STATES, Session
-from calls.selectors import MAX_RELAY_WORKERS
 from geo.models import Region
 from relays.models import RelayShard
 from relays.registry import (
     RelayHeartbeat,
     TransceiverHeartbeat,
-    relay_heartbeat_key,
-    transceiver_heartbeat_key,
 )
-from signaling_site.redis_client import get_redis
+from relays.selectors import relay_heartbeats, transceiver_heartbeats
 from transceivers.models import Transceiver
 
 PACKET_COUNTERS = ("forwarded_in", "forwarded_out")
@@ -49,21 +46,6 @@ def packet_rates(
 
 def _fresh(sent_at: float, now: float) -> bool:
     return now - sent_at <= settings.HEARTBEAT_TTL
-
-
-def _relay_beats(shards: list[int]) -> dict[int, list[RelayHeartbeat]]:
-    keys = [relay_heartbeat_key(s, w) for s in shards for w in range(MAX_RELAY_WORKERS)]
-    beats: dict[int, list[RelayHeartbeat]] = defaultdict(list)
-    for value in get_redis().mget(keys) if keys else []:
-        if value:
-            beat = RelayHeartbeat.from_json(value)
-            beats[beat.shard].append(beat)
-    return beats
-
-
-def _transceiver_beats(ids: list[int]) -> dict[int, TransceiverHeartbeat]:
-    values = get_redis().mget([transceiver_heartbeat_key(i) for i in ids]) if ids else []
-    return {i: TransceiverHeartbeat.from_json(v) for i, v in zip(ids, values, strict=True) if v}
 
 
 def _relay_row(relay: RelayShard, beats: list[RelayHeartbeat], now: float) -> dict[str, Any]:
@@ -134,8 +116,8 @@ def fleet_snapshot() -> dict[str, Any]:
     live = Count("sessions", filter=Q(sessions__state__in=LIVE_STATES))
     relays = list(RelayShard.objects.annotate(live=live))
     transceivers = list(Transceiver.objects.annotate(live=live))
-    relay_beats = _relay_beats([r.shard_id for r in relays])
-    transceiver_beats = _transceiver_beats([t.transceiver_id for t in transceivers])
+    relay_beats = relay_heartbeats(shards=[r.shard_id for r in relays])
+    transceiver_beats = transceiver_heartbeats(ids=[t.transceiver_id for t in transceivers])
     regions = []
     for region in Region.objects.order_by("code"):
         entry: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Reads for health: heartbeats, probe memory, rebalancing holds, transition history."""
+"""Reads for health: probe memory, rebalancing holds, transition history."""
 
 from __future__ import annotations
 
@@ -6,20 +6,8 @@ import json
 
 from health.machine import ProbeMemory
 from health.models import NodeTransition
-from relays.registry import (
-    REBALANCE_HOLDS_KEY,
-    RelayHeartbeat,
-    health_key,
-    relay_heartbeat_key,
-)
+from relays.registry import REBALANCE_HOLDS_KEY, health_key
 from signaling_site.redis_client import get_redis
-
-MAX_RELAY_WORKERS = 16  # same bound as calls.selectors
-
-
-def relay_heartbeats(*, shard: int) -> list[RelayHeartbeat]:
-    keys = [relay_heartbeat_key(shard, worker) for worker in range(MAX_RELAY_WORKERS)]
-    return [RelayHeartbeat.from_json(v) for v in get_redis().mget(keys) if v]
 
 
 def node_memory(*, kind: str, node_id: int) -> ProbeMemory:

@@ -18,7 +18,6 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from calls.models import LIVE_STATES
-from calls.selectors import transceiver_heartbeats
 from calls.services import sessions_fail_on_transceiver
 from health import probes
 from health.machine import (
@@ -30,9 +29,10 @@ from health.machine import (
     remember,
 )
 from health.models import NodeKind, NodeTransition
-from health.selectors import rebalance_holds_get, relay_heartbeats
+from health.selectors import rebalance_holds_get
 from relays.models import NodeState, RelayShard
 from relays.registry import REBALANCE_HOLDS_KEY, drain_key, health_key
+from relays.selectors import relay_heartbeats, transceiver_heartbeats
 from signaling_site.redis_client import get_redis
 from transceivers.models import Transceiver
 
@@ -134,7 +134,7 @@ def relay_check(*, shard_id: int, tick: int) -> str | None:
     key_id = settings.UFRAG_MINT_KEY_ID
     result = probes.probe_relay(
         public=(relay.public_host, relay.public_port), shard=shard_id,
-        heartbeats=relay_heartbeats(shard=shard_id), now=time.time(),
+        heartbeats=relay_heartbeats(shards=[shard_id]).get(shard_id, []), now=time.time(),
         max_age=settings.HEALTH_HEARTBEAT_MAX_AGE, keyring=settings.UFRAG_KEYRING,
         key_id=key_id, timeout=settings.HEALTH_PROBE_TIMEOUT,
     )
