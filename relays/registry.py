@@ -18,6 +18,7 @@ Keys (all under ``edge:``):
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -68,12 +69,21 @@ def format_addr(addr: Addr) -> str:
     return f"{addr[0]}:{addr[1]}"
 
 
-def parse_addr(text: str) -> Addr:
-    """Parse ``host:port`` (IPv6 hosts unbracketed, split on the last colon)."""
+def parse_addr(text: str, *, allow_port_zero: bool = False) -> Addr:
+    """Parse ``host:port`` (IPv6 bracketed or not: split on the last colon)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 0xFFFF:
+    lowest = 0 if allow_port_zero else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) <= 0xFFFF:
         raise ValueError("bad address")
     return host.strip("[]"), int(port)
+
+
+def addr_argument(text: str) -> Addr:
+    """argparse ``type`` for the daemons' HOST:PORT options (port 0: the kernel picks)."""
+    try:
+        return parse_addr(text, allow_port_zero=True)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad address {text!r}: want HOST:PORT") from None
 
 
 @dataclass(frozen=True)

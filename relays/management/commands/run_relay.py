@@ -20,6 +20,7 @@ from django.db import connections
 from geo.models import Region
 from relays.daemon import RelayConfig, bind_udp, run
 from relays.framing import Addr
+from relays.registry import addr_argument
 from relays.services import relay_register
 
 logger = logging.getLogger(__name__)
@@ -34,15 +35,21 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--shard", type=int, required=True)
-        parser.add_argument("--public", required=True, help="HOST:PORT clients send to")
-        parser.add_argument("--internal", required=True, help="HOST:PORT transceivers talk to")
+        parser.add_argument(
+            "--public", type=addr_argument, required=True, help="HOST:PORT clients send to"
+        )
+        parser.add_argument(
+            "--internal", type=addr_argument, required=True, help="HOST:PORT transceivers use"
+        )
         parser.add_argument("--workers", type=int, default=1, help="SO_REUSEPORT processes")
         parser.add_argument("--region", default=settings.DEFAULT_REGION)
-        parser.add_argument("--admin", help="HOST:PORT serving GET /livez and /readyz (worker 0)")
+        parser.add_argument(
+            "--admin", type=addr_argument, help="HOST:PORT serving /livez and /readyz (worker 0)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         workers = options["workers"]
-        public, internal = _parse_addr(options["public"]), _parse_addr(options["internal"])
+        public, internal = options["public"], options["internal"]
         if workers < 1:
             raise CommandError("--workers must be >= 1")
         if workers > 1 and (public[1] == 0 or internal[1] == 0):
@@ -64,21 +71,13 @@ class Command(BaseCommand):
             idle_timeout=settings.FLOW_IDLE_TIMEOUT, max_flows=settings.FLOW_TABLE_MAX,
             heartbeat_interval=settings.HEARTBEAT_INTERVAL, heartbeat_ttl=settings.HEARTBEAT_TTL,
             drain_grace=settings.DRAIN_GRACE,
-            admin=_parse_addr(options["admin"]) if options["admin"] else None,
+            admin=options["admin"],
         )
         logging.config.dictConfig(settings.LOGGING)
         if workers == 1:
             run(config)
         else:
             _run_workers(config, workers)
-
-
-def _parse_addr(text: str) -> Addr:
-    """``HOST:PORT`` (IPv6 as ``[::1]:PORT`` or ``::1:PORT``); port 0 allowed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 0xFFFF:
-        raise CommandError(f"bad address {text!r}: want HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 def _resolve_port(addr: Addr) -> Addr:

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from geo.services import region_upsert
 from geo.topology import Topology, parse_topology
-from relays.registry import relay_heartbeat_key, transceiver_heartbeat_key
+from relays.registry import addr_argument, relay_heartbeat_key, transceiver_heartbeat_key
 from signaling_site.env import child_environment
 from signaling_site.redis_client import get_redis
 from signaling_site.redis_server import ensure_redis
@@ -32,13 +32,6 @@ DEFAULT_TOPOLOGY = Path(settings.BASE_DIR) / "topologies" / "local.json"
 
 class Stop(Exception):
     """Raised from the signal handler to leave the supervision loop."""
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise CommandError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 def _check_ports_free(topology: Topology, http_host: str, http_port: int, public: str) -> None:
@@ -66,7 +59,9 @@ class Command(BaseCommand):
     help = "Start Redis (if needed), signaling, relays, transceivers, Celery worker and beat."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("--http", default="127.0.0.1:8000", help="signaling HOST:PORT")
+        parser.add_argument(
+            "--http", type=addr_argument, default="127.0.0.1:8000", help="signaling HOST:PORT"
+        )
         parser.add_argument(
             "--public-host", default="127.0.0.1", help="relay address advertised in answers"
         )
@@ -78,7 +73,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        http_host, http_port = _host_port(options["http"])
+        http_host, http_port = options["http"]
         topology = self._load_topology(options["topology"])
         _check_ports_free(topology, http_host, http_port, options["public_host"])
         var = Path(settings.VAR_DIR)

@@ -13,6 +13,7 @@ from django.utils.module_loading import import_string
 
 from geo.models import Region
 from geo.selectors import region_by_code
+from relays.registry import addr_argument
 from transceivers.daemon import TransceiverConfig, serve
 
 
@@ -21,17 +22,21 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--id", type=int, required=True, dest="transceiver_id")
-        parser.add_argument("--bind", required=True, help="HOST:PORT of the internal socket")
+        parser.add_argument(
+            "--bind", type=addr_argument, required=True, help="HOST:PORT of the internal socket"
+        )
         parser.add_argument("--region", default=settings.DEFAULT_REGION)
         parser.add_argument("--capacity", type=int, default=settings.TRANSCEIVER_CAPACITY)
-        parser.add_argument("--admin", help="HOST:PORT serving GET /livez and /readyz")
+        parser.add_argument(
+            "--admin", type=addr_argument, help="HOST:PORT serving GET /livez and /readyz"
+        )
         parser.add_argument(
             "--agent", default=settings.VOICE_AGENT,
             help="dotted path of the voice agent factory (session_id -> VoiceAgent)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        host, port = _parse_bind(options["bind"])
+        host, port = options["bind"]
         try:
             agent_factory = import_string(options["agent"])
         except ImportError as exc:
@@ -46,15 +51,8 @@ class Command(BaseCommand):
             capacity=options["capacity"], connect_timeout=settings.SESSION_CONNECT_TIMEOUT,
             heartbeat_interval=settings.HEARTBEAT_INTERVAL, heartbeat_ttl=settings.HEARTBEAT_TTL,
             drain_grace=settings.DRAIN_GRACE,
-            admin=_parse_bind(options["admin"]) if options["admin"] else None,
+            admin=options["admin"],
         )
         logging.config.dictConfig(settings.LOGGING)
         asyncio.run(serve(config, agent_factory=agent_factory))
 
-
-def _parse_bind(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` with port 0 allowed (the kernel picks; the registry gets the real one)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 0xFFFF:
-        raise CommandError(f"bad --bind {text!r}: want HOST:PORT")
-    return host.strip("[]"), int(port)
