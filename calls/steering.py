@@ -5,9 +5,9 @@ from __future__ import annotations
 from django.http import HttpRequest
 
 from geo.client_address import client_address
-from geo.distance import RegionCandidate, rank_regions
 from geo.geoip import Location, get_locator
 from geo.models import Region
+from geo.selectors import regions_ranked
 from geo.steering import get_trusted_proxies
 
 
@@ -40,11 +40,6 @@ def rank_regions_for(*, client_ip: str | None, pinned: str | None) -> list[tuple
         return [(region, "pinned")]
     regions = {r.code: r for r in Region.objects.all()}
     location = locate_client(client_ip)
-    candidates = [
-        RegionCandidate(code=r.code, latitude=r.latitude, longitude=r.longitude,
-                        is_default=r.is_default)
-        for r in regions.values()
-    ]
-    ranked = rank_regions(location.point if location else None, candidates)
+    ranked = regions_ranked(client=location.point if location else None, regions=regions.values())
     reason = "nearest" if location else "default"
     return [(regions[c.code], reason) for c in ranked]

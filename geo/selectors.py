@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from django.db.models import QuerySet
 
@@ -24,8 +24,11 @@ def regions_enabled() -> QuerySet[Region]:
     return Region.objects.filter(enabled=True).order_by("code")
 
 
-def region_candidates(*, loads: Mapping[str, float] | None = None) -> list[RegionCandidate]:
-    """Enabled regions as ranking input; ``loads`` maps code -> 0..1 (missing: idle)."""
+def region_candidates(
+    *, loads: Mapping[str, float] | None = None, regions: Iterable[Region] | None = None
+) -> list[RegionCandidate]:
+    """``regions`` (default: the enabled ones) as ranking input; ``loads`` maps code -> 0..1
+    (missing: idle)."""
     loads = loads or {}
     return [
         RegionCandidate(
@@ -35,12 +38,14 @@ def region_candidates(*, loads: Mapping[str, float] | None = None) -> list[Regio
             load=loads.get(region.code, 0.0),
             is_default=region.is_default,
         )
-        for region in regions_enabled()
+        for region in (regions_enabled() if regions is None else regions)
     ]
 
 
 def regions_ranked(
-    *, client: LatLon | None, loads: Mapping[str, float] | None = None
+    *, client: LatLon | None, loads: Mapping[str, float] | None = None,
+    regions: Iterable[Region] | None = None,
 ) -> list[RegionCandidate]:
-    """Enabled regions best first for a client at ``client`` (``None``: location unknown)."""
-    return rank_regions(client, region_candidates(loads=loads))
+    """``regions`` (default: the enabled ones) best first for a client at ``client``
+    (``None``: location unknown)."""
+    return rank_regions(client, region_candidates(loads=loads, regions=regions))
