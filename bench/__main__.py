@@ -1,4 +1,4 @@
-"""``python -m bench [relay|signaling|setup|capacity|flows|all] [--quick]``: one table."""
+"""``python -m bench [NAME|all] [--quick]``: one table (NAME: see ``BENCHMARKS``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import time
 
 from bench.common import Row, conditions, format_table, write
 
-BENCHMARKS = ("relay", "signaling", "setup", "capacity", "flows")
+BENCHMARKS = ("relay", "tcp", "signaling", "setup", "setup_loss", "ffmpeg_setup", "capacity",
+              "flows")
 
 
 def main() -> None:

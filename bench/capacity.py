@@ -22,8 +22,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from bench.common import ENDPOINT_CPU, RELAY_CPU, Row, percentile, pin, unpin
-from calls.whip_client import ToneTrack, http_request
 from transceivers.speedups import audio_level_dbov
+from whip.client import ToneTrack, http_request
 
 FRAME_S = 0.020
 MAX_LOSS = 0.01

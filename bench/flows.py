@@ -15,8 +15,8 @@ import time
 import tracemalloc
 
 from bench.common import RELAY_CPU, Row, pin, unpin
+from fleet.addresses import Addr
 from relays.flows import FlowTable
-from relays.framing import Addr
 from relays.ufrag import mint_ufrag, validate_ufrag
 
 KEYRING = {1: b"bench-secret"}

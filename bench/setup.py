@@ -4,7 +4,7 @@ Through the edge (``manage.py up``: signaling, relay, transceiver with its echo 
 direct aiortc-to-aiortc call to an echo peer in a subprocess (no signaling, no relay), in the
 same run. The direct echo peer runs twice: stock aiortc, and with ``transceivers.jitter``
 applied to its receiver, to show what the jitter buffer costs the first echo. The client is
-``calls.whip_client``'s tone track; all times are from the moment the offer is ready.
+``whip.client``'s tone track; all times are from the moment the offer is ready.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from bench.common import Row, median
-from calls.whip_client import ToneTrack, http_request, is_tone
+from whip.client import ToneTrack, http_request, is_tone
 
 CTX = mp.get_context("fork")
 TARGET_VS_DIRECT_MS = 2.0

@@ -6,11 +6,15 @@ in this process: no HTTP, Django, DB, Channels layer or Redis), with the same re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urljoin
@@ -18,9 +22,11 @@ from urllib.parse import urljoin
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from bench.common import Row, percentile
-from calls.whip_client import ToneTrack, http_request
+from fleet.sockets import bind_udp
 from relays.ufrag import mint_password, mint_ufrag
 from transceivers.control import SessionEvent
+from whip.client import ToneTrack, http_request
+from whip.launch import free_port
 
 T = TypeVar("T")
 TARGET_ADDED_MS = 10.0
@@ -67,14 +73,15 @@ def signaling_latency(base_url: str, offers: list[str], count: int) -> list[floa
     return times
 
 
-def signaling_rate(base_url: str, offers: list[str], seconds: float) -> float:
-    """Answers/s with ``CONCURRENCY`` clients posting back to back for ``seconds``."""
+def signaling_rate(base_urls: list[str], offers: list[str], seconds: float) -> float:
+    """Answers/s with ``CONCURRENCY`` clients posting back to back for ``seconds``, spread
+    evenly over the signaling replicas at ``base_urls``."""
     locations: list[str] = []
     deadline = time.perf_counter() + seconds
     feed = itertools.cycle(offers)
 
-    def worker() -> int:
-        done = 0
+    def worker(index: int) -> int:
+        done, base_url = 0, base_urls[index % len(base_urls)]
         while time.perf_counter() < deadline:
             locations.append(_post(base_url, next(feed))[1])
             done += 1
@@ -82,7 +89,7 @@ def signaling_rate(base_url: str, offers: list[str], seconds: float) -> float:
 
     started = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        total = sum(pool.map(lambda _: worker(), range(CONCURRENCY)))
+        total = sum(pool.map(worker, range(CONCURRENCY)))
     elapsed = time.perf_counter() - started
     _delete_all(locations)
     return total / elapsed
@@ -92,6 +99,9 @@ def signaling_rate(base_url: str, offers: list[str], seconds: float) -> float:
 
 class _Quiet:
     """Reporter and event sink that drop everything (the direct path has no DB or layer)."""
+
+    async def answered(self, *, session_id: str, incarnation: str) -> None:
+        return None
 
     async def connected(self, *, session_id: str) -> None:
         return None
@@ -105,12 +115,13 @@ class _Quiet:
 
 async def _direct(offers: list[str], count: int, seconds: float, *, events: object = None
                   ) -> tuple[list[float], float]:
-    from transceivers import ice
+    from transceivers import aiortc_hook
     from transceivers.agents import EchoAgent
     from transceivers.sessions import SessionManager
+    from transceivers.shared_socket import SOCKET_BUFFER, IceMux
 
-    ice.install()
-    mux = ice.IceMux(ice.bind_udp("127.0.0.1", 0))
+    aiortc_hook.install()
+    mux = IceMux(bind_udp(("127.0.0.1", 0), buffer=SOCKET_BUFFER))
     mux.start()
     quiet = _Quiet()
     manager = SessionManager(mux=mux, agent_factory=EchoAgent, reporter=quiet,
@@ -174,9 +185,42 @@ async def _edge_latency(base_url: str, offers: list[str], count: int
     return posts, times
 
 
-def _django(redis_url: str, var_dir: str) -> None:
+@contextlib.contextmanager
+def replica(edge_env: dict[str, str]) -> Iterator[str]:
+    """One more signaling process (daphne, as ``up`` runs it) on the edge's DB and Redis."""
+    port = free_port(socket.SOCK_STREAM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "signaling_site.http_server", "-b", "127.0.0.1", "-p", str(port),
+         "signaling_site.asgi:application"],
+        # as `up` runs its own signaling: the API open unless the operator set AUTH_REQUIRED
+        env={"AUTH_REQUIRED": "0", **edge_env}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                if http_request("GET", f"{url}/healthz", b"", {}, timeout=2)[0] == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the extra signaling replica did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _django(edge_env: dict[str, str]) -> None:
     """Point this process's Django at the edge's Redis and DB (settings read the env once)."""
-    os.environ.update(REDIS_URL=redis_url, EDGE_VAR_DIR=var_dir, LOG_LEVEL="WARNING")
+    os.environ.update({k: v for k, v in edge_env.items()
+                       if k in ("REDIS_URL", "EDGE_VAR_DIR", "DATABASE_URL")},
+                      LOG_LEVEL="WARNING")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "signaling_site.settings")
     import django
 
@@ -184,11 +228,12 @@ def _django(redis_url: str, var_dir: str) -> None:
 
 
 def view_steps(count: int) -> dict[str, float]:
-    """p50 ms of each synchronous step ``POST /v1/sessions`` runs (each behind its own
-    ``sync_to_async`` hop), called directly against the edge's DB and Redis."""
+    """p50 ms of each synchronous step ``POST /v1/sessions`` runs (all in one ``sync_to_async``
+    hop), called directly against the edge's DB and Redis. Marking the session answered is the
+    transceiver's reporter's job, off the offer's path."""
     from calls import services
-    from calls.ratelimit import rate_limited
-    from calls.selectors import placement_choose
+    from calls.ratelimit import admit_offer, client_key
+    from calls.services import placement_choose
     from calls.steering import rank_regions_for
 
     times: dict[str, list[float]] = {}
@@ -200,15 +245,15 @@ def view_steps(count: int) -> dict[str, float]:
         return result
 
     for _ in range(count):
-        timed("rate_limit", rate_limited, client="192.0.2.250")
+        timed("rate_limit", admit_offer, key=client_key("192.0.2.250"), window=12.0)
         ranked = timed("rank", rank_regions_for, client_ip="127.0.0.1", pinned=None)
         placement = timed("placement", placement_choose, ranked=ranked, exclude=[])
         assert placement is not None
-        session, _ = timed("create", services.session_create, placement=placement,
-                           client_ip="127.0.0.1")
-        sid = str(session.id)
-        timed("answered", services.session_mark_answered, session_id=sid, etag="bench")
-        services.session_end(session_id=sid, state="ended", reason="bench")
+        created = timed("create", services.session_create_within_capacity,
+                        placement=placement, client_ip="127.0.0.1", client_key="127.0.0.1")
+        assert created is not None
+        session, _ = created
+        services.session_end(session_id=str(session.id), state="ended", reason="bench")
     return {name: percentile(values, 50) for name, values in times.items()}
 
 
@@ -219,34 +264,42 @@ def run(quick: bool) -> list[Row]:
     offers = asyncio.run(make_offers(8))
     running = edge()
     base_url = running.base_url
-    _django(running.redis_url, str(running.var_dir))
+    _django(running.env)
+    database = "PostgreSQL" if running.env.get("DATABASE_URL", "").startswith("postgres") \
+        else "SQLite"
     signaling_latency(base_url, offers, 5)  # warm-up
     times, control = asyncio.run(_edge_latency(base_url, offers, count))
     direct_times, direct_rate = asyncio.run(_direct(offers, count, seconds))
     from transceivers.reporting import ChannelEventSink
 
     published, _ = asyncio.run(_direct(offers, count, 0.0, events=ChannelEventSink()))
-    rate = signaling_rate(base_url, offers, seconds)
+    rate = signaling_rate([base_url], offers, seconds)
+    with replica(running.env) as second:
+        signaling_latency(second, offers, 5)  # warm-up
+        rate2 = signaling_rate([base_url, second], offers, seconds)
     steps = view_steps(count // 2)
     p50, p99 = percentile(times, 50), percentile(times, 99)
     d50, d99 = percentile(direct_times, 50), percentile(direct_times, 99)
     return [
         Row("signaling: offer -> answer p50", p50, "ms", baseline=d50, ratio=p50 / d50,
-            note=f"POST /v1/sessions, real aiortc offers, n={count}; baseline: "
+            note=f"POST /v1/sessions on {database}, real aiortc offers, n={count}; baseline: "
                  "SessionManager.open in-process"),
         Row("signaling: offer -> answer p99", p99, "ms", baseline=d99, ratio=p99 / d99),
         Row("signaling: added over direct p50", p50 - d50, "ms",
             target=f"<= {TARGET_ADDED_MS:g} ms", met=p50 - d50 <= TARGET_ADDED_MS,
-            note="HTTP + Django + DB + placement + Channels round trip to the transceiver"),
+            note="HTTP + Django + DB + placement + control round trip to the transceiver"),
         Row("signaling: view's sync steps p50 (sum)", sum(steps.values()), "ms",
             note=", ".join(f"{k} {v:.1f}" for k, v in steps.items())
             + " ms; serialized on Django's one thread_sensitive thread"),
         Row("signaling: control leg alone p50", percentile(control, 50), "ms", baseline=d50,
             ratio=percentile(control, 50) / d50,
-            note="request_answer over channels_redis to the edge transceiver (no HTTP/DB)"),
+            note="request_answer over the Redis-list control queue (no HTTP/DB)"),
         Row("signaling: direct + ChannelEventSink p50", percentile(published, 50), "ms",
             baseline=d50, ratio=percentile(published, 50) / d50,
             note="open() with the real event sink (ANSWERED is queued, not awaited)"),
         Row("signaling: sustained answers/s", rate, "1/s", baseline=direct_rate,
             ratio=rate / direct_rate, note=f"{CONCURRENCY} concurrent clients, {seconds:g} s"),
+        Row("signaling: sustained answers/s, 2 replicas", rate2, "1/s", baseline=rate,
+            ratio=rate2 / rate, note="the same clients spread over two daphne processes on one "
+            "DB, Redis and transceiver (2 cores: the transceiver, Redis and the DB share them)"),
     ]

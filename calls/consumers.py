@@ -7,26 +7,11 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from calls.models import Session
 from calls.selectors import session_get
-from relays.registry import session_group
+from calls.serializers import session_snapshot
+from fleet.keys import session_group
 
 CLOSE_NOT_FOUND = 4404  # application close code (RFC 6455 §7.4.2): no such session
-
-
-def session_snapshot(session: Session) -> dict[str, Any]:
-    """The first message a subscriber gets: the state stored in the database."""
-    return {
-        "type": "session.state",
-        "session_id": str(session.id),
-        "state": session.state,
-        "detail": session.reason,
-        "region": session.region.code,
-        "region_reason": session.region_reason,
-        "relay_shard": session.relay.shard_id,
-        "transceiver": session.transceiver.transceiver_id,
-        "at": session.created_at.timestamp(),
-    }
 
 
 class SessionEventsConsumer(AsyncJsonWebsocketConsumer):

@@ -16,6 +16,7 @@ class SessionState(models.TextChoices):
 
 
 LIVE_STATES = (SessionState.NEW, SessionState.ANSWERED, SessionState.CONNECTED)
+UNCONNECTED_STATES = (SessionState.NEW, SessionState.ANSWERED)  # offered, not (yet) connected
 
 
 class Session(models.Model):
@@ -23,6 +24,7 @@ class Session(models.Model):
     state = models.CharField(max_length=16, choices=SessionState.choices, default=SessionState.NEW)
     reason = models.CharField(max_length=200, blank=True)
     client_ip = models.GenericIPAddressField(null=True, blank=True)
+    client_key = models.CharField(max_length=64, blank=True)  # rate-limit key: IPv4 or IPv6 /64
     region = models.ForeignKey("geo.Region", on_delete=models.PROTECT, related_name="sessions")
     region_reason = models.CharField(max_length=64, blank=True)
     relay = models.ForeignKey(
@@ -32,7 +34,18 @@ class Session(models.Model):
         "transceivers.Transceiver", on_delete=models.PROTECT, related_name="sessions"
     )
     ufrag = models.CharField(max_length=32, unique=True)
+    # The transceiver process that answered (its heartbeat's incarnation): a restart fails these.
+    transceiver_incarnation = models.CharField(max_length=32, blank=True)
     etag = models.CharField(max_length=64, blank=True)
+    # Who created it (both empty: anonymously, authentication off): only that token or the key
+    # behind it may act on the session (access.rules.check_session_access).
+    api_key = models.ForeignKey(
+        "access.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="sessions"
+    )
+    client_secret = models.ForeignKey(
+        "access.ClientSecret", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="sessions",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     answered_at = models.DateTimeField(null=True, blank=True)
     connected_at = models.DateTimeField(null=True, blank=True)
@@ -40,7 +53,10 @@ class Session(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["state", "transceiver"])]
+        indexes = [
+            models.Index(fields=["state", "transceiver"]),
+            models.Index(fields=["client_key", "state"]),
+        ]
 
     def __str__(self) -> str:
         return str(self.id)

@@ -7,19 +7,25 @@ import json
 from django.http import HttpResponse
 
 PROBLEM_TYPE = "application/problem+json"
-TITLES = {
+TITLES = {  # the reason phrases of RFC 9110 section 15
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    412: "Precondition Failed",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    428: "Precondition Required",
     429: "Too Many Requests",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
-def problem(status: int, detail: str, *, code: str, retry_after: int | None = None) -> HttpResponse:
-    """A problem+json response; ``code`` is a stable machine-readable slug (``type`` URI tail)."""
+def problem_body(status: int, detail: str, *, code: str) -> bytes:
+    """The problem+json document; ``code`` is a stable machine-readable slug (``type`` URI tail)."""
     body = {
         "type": f"https://voice-edge.invalid/problems/{code}",
         "title": TITLES.get(status, "Error"),
@@ -27,7 +33,13 @@ def problem(status: int, detail: str, *, code: str, retry_after: int | None = No
         "detail": detail,
         "code": code,
     }
-    response = HttpResponse(json.dumps(body), status=status, content_type=PROBLEM_TYPE)
+    return json.dumps(body).encode()
+
+
+def problem(status: int, detail: str, *, code: str, retry_after: int | None = None) -> HttpResponse:
+    """A problem+json response (RFC 9457 §3)."""
+    body = problem_body(status, detail, code=code)
+    response = HttpResponse(body, status=status, content_type=PROBLEM_TYPE)
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
     return response

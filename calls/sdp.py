@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_AUDIO_SECTIONS = 1  # one voice per session: the agent hears one caller
+
 
 @dataclass(frozen=True, slots=True)
 class OfferSummary:
@@ -12,7 +14,7 @@ class OfferSummary:
     has_fingerprint: bool
 
 
-def parse_offer(text: str) -> OfferSummary:
+def summarize_offer(text: str) -> OfferSummary:
     """Validate the shape of an SDP offer; ``ValueError`` with a short reason when unusable."""
     lines = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     if not lines or lines[0] != "v=0":
@@ -23,6 +25,8 @@ def parse_offer(text: str) -> OfferSummary:
     media = tuple(line[2:].split(" ", 1)[0] for line in lines if line.startswith("m="))
     if "audio" not in media:
         raise ValueError("offer has no audio m-line")
+    if media.count("audio") > MAX_AUDIO_SECTIONS:
+        raise ValueError(f"at most {MAX_AUDIO_SECTIONS} audio section per session")
     return OfferSummary(
         media=media,
         has_ice_credentials=any(line.startswith("a=ice-ufrag:") for line in lines)
@@ -32,8 +36,8 @@ def parse_offer(text: str) -> OfferSummary:
 
 
 def validate_offer(text: str) -> OfferSummary:
-    """``parse_offer`` plus what WebRTC requires: ICE credentials and a DTLS fingerprint."""
-    summary = parse_offer(text)
+    """``summarize_offer`` plus what WebRTC requires: ICE credentials and a DTLS fingerprint."""
+    summary = summarize_offer(text)
     if not summary.has_ice_credentials:
         raise ValueError("offer has no ice-ufrag/ice-pwd")
     if not summary.has_fingerprint:

@@ -5,96 +5,28 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
-from calls.models import LIVE_STATES, Session
+from calls.models import LIVE_STATES, UNCONNECTED_STATES, Session
+from calls.placement import RegionCapacity, TransceiverLoad
+from fleet.heartbeats import RelayHeartbeat
+from fleet.keys import REBALANCE_HOLDS_KEY
+from fleet.nodes import ALLOCATABLE_STATES
+from fleet.redis_client import shared_redis
 from geo.models import Region
-from relays.models import ALLOCATABLE_STATES, NodeState, RelayShard
-from relays.registry import REBALANCE_HOLDS_KEY, RelayHeartbeat, TransceiverHeartbeat
-from relays.selectors import relay_heartbeats, transceiver_heartbeats
-from signaling_site.redis_client import get_redis
+from relays.models import RelayShard
+from relays.selectors import heartbeat_fresh, relay_heartbeats, transceiver_heartbeats
 from transceivers.models import Transceiver
 
 
-def _fresh(sent_at: float, now: float) -> bool:
-    """A heartbeat recent enough to offer the node: the guard that needs no probe."""
-    return now - sent_at <= settings.HEALTH_HEARTBEAT_MAX_AGE
-
-
-@dataclass(frozen=True)
-class TransceiverLoad:
-    transceiver: Transceiver
-    live_sessions: int
-    heartbeat: TransceiverHeartbeat | None  # None when missing or stale
-    held: str = ""  # why the rebalancer gives it no new sessions now ("" = not held)
-
-    @property
-    def up(self) -> bool:
-        """Alive and serving: a fresh heartbeat, not marked down, suspect or draining."""
-        hb = self.heartbeat
-        return hb is not None and not hb.draining and self.transceiver.state in (
-            *ALLOCATABLE_STATES, NodeState.FULL
-        )
-
-    @property
-    def available(self) -> bool:
-        """May take a new session: up, not full (stored state and live count), not held."""
-        return (
-            self.up and self.transceiver.state != NodeState.FULL
-            and self.live_sessions < self.transceiver.capacity
-        )
-
-    @property
-    def load(self) -> float:
-        return self.live_sessions / max(1, self.transceiver.capacity)
-
-
-@dataclass(frozen=True)
-class RegionCapacity:
-    """A region's live relays and the transceivers that can take a session, least loaded first."""
-
-    region: Region
-    relays: tuple[RelayShard, ...]  # live ones
-    transceivers: tuple[TransceiverLoad, ...]  # all of the region's
-    all_relays: tuple[RelayShard, ...] = ()  # every shard of the region, live or not
-
-    @property
-    def available(self) -> tuple[TransceiverLoad, ...]:
-        """Transceivers that can take a session now, least loaded first; ones held by the
-        rebalancer only when nothing else can (a hold never refuses a caller)."""
-        ready = sorted((t for t in self.transceivers if t.available), key=lambda t: t.load)
-        return tuple(t for t in ready if not t.held) or tuple(ready)
-
-    @property
-    def usable(self) -> bool:
-        return self.region.enabled and bool(self.relays) and bool(self.available)
-
-    @property
-    def load(self) -> float:
-        live = [t for t in self.transceivers if t.heartbeat is not None]
-        if not live:
-            return 1.0
-        capacity = sum(t.transceiver.capacity for t in live)
-        return min(1.0, sum(t.live_sessions for t in live) / max(1, capacity))
-
-    @property
-    def status(self) -> str:
-        """``ok`` or why the region cannot take a session: disabled, no_relay, full (every
-        transceiver that is up is at capacity), no_transceiver (none up)."""
-        if not self.region.enabled:
-            return "disabled"
-        if not self.relays:
-            return "no_relay"
-        if self.available:
-            return "ok"
-        return "full" if any(t.up for t in self.transceivers) else "no_transceiver"
-
-
 def _relay_serving(beats: list[RelayHeartbeat], now: float) -> bool:
-    return any(_fresh(b.sent_at, now) for b in beats) and not any(b.draining for b in beats)
+    fresh = any(heartbeat_fresh(b.sent_at, now) for b in beats)
+    return fresh and not any(b.draining for b in beats)
 
 
 def relays_live(*, relays: Iterable[RelayShard]) -> list[RelayShard]:
@@ -109,26 +41,56 @@ def relays_live(*, relays: Iterable[RelayShard]) -> list[RelayShard]:
 
 
 def _holds() -> dict[int, str]:
-    raw = get_redis().get(REBALANCE_HOLDS_KEY)
+    raw = shared_redis(settings.REDIS_URL).get(REBALANCE_HOLDS_KEY)
     return {int(k): str(v) for k, v in json.loads(raw).items()} if raw else {}
+
+
+def pending_since() -> datetime:
+    """Sessions created after this and not connected yet still wait for ICE (connect timeout)."""
+    return timezone.now() - timedelta(seconds=settings.SESSION_CONNECT_TIMEOUT)
+
+
+def pending_cap(capacity: int) -> int:
+    """How many unconnected sessions a transceiver of ``capacity`` may hold (at least one)."""
+    return max(1, int(capacity * settings.TRANSCEIVER_PENDING_SHARE))
+
+
+def client_pending_sessions(*, client_key: str) -> int:
+    """How many of client ``client_key``'s sessions wait to connect."""
+    return Session.objects.filter(
+        client_key=client_key, state__in=UNCONNECTED_STATES, created_at__gte=pending_since()
+    ).count()
+
+
+def _sessions_of(node: str, **where: object) -> Coalesce:
+    """How many sessions matching ``where`` the outer row (a relay or transceiver, by the
+    Session foreign key ``node``) holds: a correlated count that reads only live rows through
+    the ``(state, transceiver)`` index, where a join would read every session the node ever had
+    (ended ones pile up)."""
+    rows = (Session.objects.filter(**{node: OuterRef("pk")}, **where).order_by()
+            .values(node).annotate(n=Count("pk")).values("n"))
+    return Coalesce(Subquery(rows), 0)
 
 
 def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCapacity:
     """What ``region`` can offer right now (heartbeats in Redis, live sessions in the DB)."""
-    live = Count("sessions", filter=Q(sessions__state__in=LIVE_STATES))
-    all_relays = list(RelayShard.objects.filter(region=region).annotate(live=live))
+    since = pending_since()
+    all_relays = list(RelayShard.objects.filter(region=region)
+                      .annotate(live=_sessions_of("relay", state__in=LIVE_STATES)))
     relays = relays_live(relays=all_relays)
     rows = list(
         Transceiver.objects.filter(region=region)
         .exclude(transceiver_id__in=list(exclude))
-        .annotate(live=live)
+        .annotate(live=_sessions_of("transceiver", state__in=LIVE_STATES),
+                  pending=_sessions_of("transceiver", state__in=UNCONNECTED_STATES,
+                                       created_at__gte=since))
     )
     beats = transceiver_heartbeats(ids=[t.transceiver_id for t in rows])
     now, holds = time.time(), _holds()
     loads = tuple(
         TransceiverLoad(
-            t, t.live, beat if beat is not None and _fresh(beat.sent_at, now) else None,
-            holds.get(t.transceiver_id, ""),
+            t, t.live, beat if beat is not None and heartbeat_fresh(beat.sent_at, now) else None,
+            holds.get(t.transceiver_id, ""), t.pending, pending_cap(t.capacity),
         )
         for t in rows
         for beat in [beats.get(t.transceiver_id)]
@@ -144,29 +106,7 @@ def session_get(*, session_id: str) -> Session | None:
     )
 
 
-@dataclass(frozen=True)
-class Placement:
-    region: Region
-    region_reason: str  # nearest | pinned | default | fallback:<why the better region could not>
-    relay: RelayShard
-    transceiver: Transceiver
-
-
-def placement_choose(
-    *, ranked: list[tuple[Region, str]], exclude: Iterable[int] = ()
-) -> Placement | None:
-    """First usable region of ``ranked`` (region, reason); its least-loaded relay and transceiver.
-
-    ``exclude`` names transceivers that just refused or timed out.
-    When an earlier region cannot serve, the reason becomes ``fallback:<code>-<why>``.
-    """
-    skipped: list[str] = []
-    for region, reason in ranked:
-        capacity = region_capacity(region=region, exclude=exclude)
-        if not capacity.usable:
-            skipped.append(f"{region.code}-{capacity.status}")
-            continue
-        relay = min(capacity.relays, key=lambda r: (getattr(r, "live", 0), r.shard_id))
-        why = f"fallback:{skipped[0]}" if skipped else reason
-        return Placement(region, why, relay, capacity.available[0].transceiver)
-    return None
+def session_state_counts() -> dict[str, int]:
+    """Sessions per state, in one ``GROUP BY`` (the metrics scrape)."""
+    rows = Session.objects.order_by().values_list("state").annotate(n=Count("id"))
+    return {state: n for state, n in rows}

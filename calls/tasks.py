@@ -14,10 +14,12 @@ def sessions_sweep_task() -> int:
     """Fail sessions that never connected within the connect timeout (idempotent update)."""
     from django.conf import settings
 
-    from calls.services import sessions_fail_unconnected
+    from calls.services import SWEEP_GRACE_SECONDS, sessions_fail_unconnected
 
     # Transceivers close such sessions themselves; this catches a transceiver that died first.
-    failed = sessions_fail_unconnected(older_than_seconds=settings.SESSION_CONNECT_TIMEOUT * 2)
+    failed = sessions_fail_unconnected(
+        older_than_seconds=settings.SESSION_CONNECT_TIMEOUT + SWEEP_GRACE_SECONDS
+    )
     if failed:
         logger.info("failed %d sessions that never connected", failed)
     return failed

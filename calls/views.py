@@ -1,11 +1,14 @@
-"""WHIP endpoints (RFC 9725): POST /v1/sessions, GET/DELETE /v1/sessions/<id>. Thin: parse,
-call selectors/services, format."""
+"""WHIP endpoints (RFC 9725): POST /v1/sessions, GET/PATCH/DELETE /v1/sessions/<id>,
+POST /v1/client_secrets, GET /v1/regions; the API's own description at /v1/openapi.json and
+/v1/docs. Thin: parse the request, call one service or selector, map refusals to problem+json.
+Every operation but ``OPTIONS``, ``GET /v1/regions`` and the description takes
+``Authorization: Bearer`` (RFC 9725 §4.5, RFC 6750)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
+import re
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -13,137 +16,116 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
+from django.shortcuts import render
+from django.utils import timezone
 
-from calls import services
-from calls.models import Session
-from calls.problems import problem
-from calls.ratelimit import rate_limited
-from calls.sdp import validate_offer
-from calls.selectors import (
-    RegionCapacity,
-    placement_choose,
-    region_capacity,
-    session_get,
+from access.rules import (
+    Credential,
+    Denied,
+    Owner,
+    check_mint,
+    check_offer,
+    check_session_access,
 )
-from calls.steering import SteeringError, client_ip_of, locate_client, rank_regions_for
-from geo.distance import LatLon, great_circle_km
-from relays.models import RelayShard
-from transceivers.control import ControlError, ControlTimeout, request_answer, request_close
-from transceivers.models import Transceiver
+from access.selectors import credential_for_header
+from access.services import (
+    SECRET_DEFAULT_SECONDS,
+    SECRET_MAX_SECONDS,
+    SECRET_MIN_SECONDS,
+    Minted,
+    client_secret_mint,
+)
+from access.tokens import bearer_challenge
+from calls import services
+from calls.cors import api_view
+from calls.errors import BadOffer, OfferRefused
+from calls.metrics import observe_offers
+from calls.openapi import openapi_document, openapi_json, operations, websockets
+from calls.problems import problem
+from calls.ratelimit import redis_ping
+from calls.selectors import region_capacity, session_get
+from calls.serializers import answer_json, regions_json, session_json
+from calls.steering import rank_regions_for
+from geo.client_ip import client_ip_of
+from geo.geoip import locate_client
 
-logger = logging.getLogger(__name__)
+OFFER_TYPES = ("application/sdp", "application/json")
+TRICKLE_TYPE = "application/trickle-ice-sdpfrag"  # RFC 8840 §9.1
+STATUS_OF = {"rate_limited": 429, "too_many_pending": 429, "no_capacity": 503,
+             "unavailable": 503}  # every other refusal is the client's: 400
 
-EXPOSED_HEADERS = "Location, ETag, X-Region, X-Region-Reason, X-Relay-Shard, X-Transceiver"
-PLACEMENT_ATTEMPTS = 2  # a transceiver that refuses or times out is skipped once
-RETRY_AFTER_SECONDS = 5
+
+def refused(exc: OfferRefused) -> HttpResponse:
+    """The problem+json answer (RFC 9457) for a refused offer."""
+    status = STATUS_OF.get(exc.code, 400)
+    return problem(status, exc.detail, code=exc.code, retry_after=exc.retry_after)
 
 
-def _cors(response: HttpResponse, request: HttpRequest) -> HttpResponse:
-    allowed = settings.CORS_ALLOWED_ORIGINS
-    origin = request.headers.get("Origin")
-    if origin and ("*" in allowed or origin in allowed):
-        response["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
-        response["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-        if "*" not in allowed:
-            response["Vary"] = "Origin"
+BEARER_REALM = "voice-edge"
+
+
+def denied(exc: Denied) -> HttpResponse:
+    """401 with a ``WWW-Authenticate: Bearer`` challenge (RFC 6750 §3), or 403 (insufficient
+    scope, with the challenge too, §3.1), as problem+json."""
+    response = problem(exc.status, exc.detail, code=exc.code)
+    response["WWW-Authenticate"] = bearer_challenge(BEARER_REALM, exc.bearer_error, exc.detail)
     return response
 
 
-def _preflight(request: HttpRequest, methods: str) -> HttpResponse:
-    response = HttpResponse(status=204)
-    response["Access-Control-Allow-Methods"] = methods
-    response["Access-Control-Allow-Headers"] = "Content-Type, If-Match, Authorization"
-    response["Access-Control-Max-Age"] = "600"
-    response["Allow"] = methods
-    return _cors(response, request)
+async def _caller(request: HttpRequest) -> Credential | None:
+    """The request's credential (one indexed read, no cache: revocation counts at once);
+    ``Denied`` for a bad token, ``OfferRefused`` (503) when the database does not answer.
+    No ``Authorization`` header, no worker-thread hop: an open API's offers do not wait."""
+    authorization = request.headers.get("Authorization")
+    if authorization is None:
+        return None
+    return await services.run_backed(credential_for_header, authorization=authorization)
 
 
-def _read_offer(request: HttpRequest) -> tuple[str, bool] | HttpResponse:
-    """Return ``(sdp, wants_json)`` or the problem response explaining why not."""
-    if request.content_type not in ("application/sdp", "application/json"):
-        return problem(415, "send an SDP offer as application/sdp (or JSON)", code="unsupported")
+def _too_large() -> HttpResponse:
+    return problem(413, f"body larger than {settings.MAX_SDP_BYTES} bytes", code="too_large")
+
+
+def _offer_body(request: HttpRequest) -> bytes | HttpResponse:
+    """The request body, or 413 when it is (declared or found) larger than an offer may be."""
     declared = request.headers.get("Content-Length", "0")
     if declared.isdigit() and int(declared) > settings.MAX_SDP_BYTES:
-        return problem(413, f"offer larger than {settings.MAX_SDP_BYTES} bytes", code="too_large")
+        return _too_large()
     try:
         body = request.body
     except RequestDataTooBig:
-        return problem(413, f"offer larger than {settings.MAX_SDP_BYTES} bytes", code="too_large")
-    if len(body) > settings.MAX_SDP_BYTES:
-        return problem(413, f"offer larger than {settings.MAX_SDP_BYTES} bytes", code="too_large")
+        return _too_large()
+    return _too_large() if len(body) > settings.MAX_SDP_BYTES else body
+
+
+def parse_offer_envelope(body: bytes, content_type: str) -> str:
+    """The SDP text of an ``application/sdp`` body or of ``{"type":"offer","sdp":...}``;
+    ``BadOffer`` when it is neither."""
     try:
         text = body.decode("utf-8")
-        if request.content_type == "application/json":
-            data = json.loads(text)
-            if not isinstance(data, dict) or data.get("type") != "offer":
-                return problem(400, 'JSON must be {"type": "offer", "sdp": ...}', code="bad_json")
-            sdp = data.get("sdp")
-            if not isinstance(sdp, str):
-                return problem(400, "JSON offer has no sdp string", code="bad_json")
-            text = sdp
-        validate_offer(text)
+        if content_type != "application/json":
+            return text
+        data = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return problem(400, "body is not valid UTF-8 / JSON", code="bad_sdp")
-    except ValueError as exc:
-        return problem(400, f"bad SDP offer: {exc}", code="bad_sdp")
-    return text, request.content_type == "application/json"
+        raise BadOffer("bad_sdp", "body is not valid UTF-8 / JSON") from None
+    except RecursionError:  # the C decoder gives up on deep nesting: no offer looks like that
+        raise BadOffer("bad_json", "JSON nested too deeply") from None
+    if not isinstance(data, dict) or data.get("type") != "offer":
+        raise BadOffer("bad_json", 'JSON must be {"type": "offer", "sdp": ...}')
+    if not isinstance(data.get("sdp"), str):
+        raise BadOffer("bad_json", "JSON offer has no sdp string")
+    return str(data["sdp"])
 
 
-class _Refused(Exception):
-    """The request ends here with this problem response."""
-
-    def __init__(self, response: HttpResponse) -> None:
-        self.response = response
-
-
-def _place(
-    *, client_ip: str | None, pinned: str | None, exclude: list[int], first: bool
-) -> tuple[Session, str] | None:
-    """One worker-thread hop: rate limit, steer, place and create the session row."""
-    if first and rate_limited(client=client_ip or "unknown"):
-        raise _Refused(problem(429, "too many offers from this address", code="rate_limited",
-                               retry_after=60))
-    try:
-        ranked = rank_regions_for(client_ip=client_ip, pinned=pinned)
-    except SteeringError as exc:
-        raise _Refused(problem(400, str(exc), code="unknown_region")) from None
-    placement = placement_choose(ranked=ranked, exclude=exclude)
-    if placement is None:
-        return None
-    return services.session_create(placement=placement, client_ip=client_ip)
-
-
-async def _answer(session: Session, pwd: str, sdp: str) -> str:
-    """Ask the session's transceiver for the answer; discard the row when none comes."""
-    try:
-        return await request_answer(
-            transceiver_id=session.transceiver.transceiver_id,
-            session_id=str(session.id),
-            offer_sdp=sdp,
-            ufrag=session.ufrag,
-            pwd=pwd,
-            relay_public=(session.relay.public_host, session.relay.public_port),
-            timeout=settings.CONTROL_TIMEOUT,
-        )
-    except BaseException:
-        await sync_to_async(services.session_discard)(session_id=str(session.id))
-        raise
-
-
-def _created(session: Session, answer: str, wants_json: bool) -> HttpResponse:
+def _created(result: services.OfferResult, wants_json: bool) -> HttpResponse:
+    """201 with the answer and where the session went (RFC 9725 §4.2)."""
+    session = result.session
     if wants_json:
-        response: HttpResponse = JsonResponse(
-            {"type": "answer", "sdp": answer, "session_id": str(session.id),
-             "region": session.region.code, "region_reason": session.region_reason,
-             "relay_shard": session.relay.shard_id,
-             "transceiver": session.transceiver.transceiver_id},
-            status=201,
-        )
+        response: HttpResponse = JsonResponse(answer_json(session, result.answer), status=201)
     else:
-        response = HttpResponse(answer, status=201, content_type="application/sdp")
+        response = HttpResponse(result.answer, status=201, content_type="application/sdp")
     response["Location"] = f"/v1/sessions/{session.id}"
-    response["ETag"] = f'"{session.etag}"'
+    response["ETag"] = f'"{result.etag}"'
     response["X-Region"] = session.region.code
     response["X-Region-Reason"] = session.region_reason
     response["X-Relay-Shard"] = str(session.relay.shard_id)
@@ -151,154 +133,233 @@ def _created(session: Session, answer: str, wants_json: bool) -> HttpResponse:
     return response
 
 
-async def _create_session(request: HttpRequest) -> HttpResponse:
-    parsed = _read_offer(request)
-    if isinstance(parsed, HttpResponse):
-        return parsed
-    sdp, wants_json = parsed
-    client_ip = client_ip_of(request)
-    refused: list[int] = []
-    for attempt in range(PLACEMENT_ATTEMPTS):
-        try:
-            placed = await sync_to_async(_place)(
-                client_ip=client_ip, pinned=request.GET.get("region"), exclude=refused,
-                first=attempt == 0,
-            )
-        except _Refused as exc:
-            return exc.response
-        if placed is None:
-            break
-        session, pwd = placed
-        try:
-            answer = await _answer(session, pwd, sdp)
-        except ControlError as exc:
-            if exc.code in ("bad_sdp", "no_audio"):
-                return problem(400, f"bad SDP offer: {exc.detail}", code=exc.code)
-            logger.warning("transceiver %s refused: %s", session.transceiver, exc)
-        except ControlTimeout:
-            logger.warning("transceiver %s did not answer in time", session.transceiver)
-        else:
-            session.etag = hashlib.sha256(answer.encode()).hexdigest()[:32]
-            await sync_to_async(services.session_mark_answered)(
-                session_id=str(session.id), etag=session.etag
-            )
-            return _created(session, answer, wants_json)
-        refused.append(session.transceiver.transceiver_id)
-    return problem(503, "no healthy transceiver can take a session now", code="no_capacity",
-                   retry_after=RETRY_AFTER_SECONDS)
-
-
-def session_json(session: Session) -> dict[str, Any]:
-    return {
-        "id": str(session.id),
-        "state": session.state,
-        "reason": session.reason,
-        "region": session.region.code,
-        "region_reason": session.region_reason,
-        "relay_shard": session.relay.shard_id,
-        "relay_public": f"{session.relay.public_host}:{session.relay.public_port}",
-        "transceiver": session.transceiver.transceiver_id,
-        "client_ip": session.client_ip,
-        "created_at": session.created_at.isoformat(),
-        "answered_at": session.answered_at and session.answered_at.isoformat(),
-        "connected_at": session.connected_at and session.connected_at.isoformat(),
-        "ended_at": session.ended_at and session.ended_at.isoformat(),
-    }
-
-
-@csrf_exempt
+@api_view("POST", accept_post=", ".join(OFFER_TYPES))
+@observe_offers
 async def sessions_collection(request: HttpRequest) -> HttpResponse:
     """``POST /v1/sessions``: SDP offer in, SDP answer out (201)."""
-    if request.method == "OPTIONS":
-        return _preflight(request, "POST, OPTIONS")
-    if request.method != "POST":
-        response = problem(405, "POST an SDP offer", code="method_not_allowed")
-        response["Allow"] = "POST, OPTIONS"
-        return _cors(response, request)
-    return _cors(await _create_session(request), request)
-
-
-@csrf_exempt
-async def session_resource(request: HttpRequest, session_id: UUID) -> HttpResponse:
-    """``GET`` state / ``DELETE`` end of one session. Trickle ICE (PATCH) is not supported."""
-    methods = "GET, DELETE, OPTIONS"
-    sid = str(session_id)
-    if request.method == "OPTIONS":
-        return _preflight(request, methods)
-    session = await sync_to_async(session_get)(session_id=sid)
-    if session is None:
-        return _cors(problem(404, "no such session", code="not_found"), request)
-    if request.method == "GET":
-        return _cors(JsonResponse(session_json(session)), request)
-    if request.method == "DELETE":
-        await sync_to_async(services.session_end)(
-            session_id=sid, state="ended", reason="deleted by client"
+    try:
+        caller = await _caller(request)
+        check_offer(caller, required=settings.AUTH_REQUIRED, now=timezone.now())  # 401 first
+    except Denied as exc:
+        return denied(exc)
+    except OfferRefused as exc:
+        return refused(exc)
+    if request.content_type not in OFFER_TYPES:
+        return problem(415, "send an SDP offer as application/sdp (or JSON)", code="unsupported")
+    body = _offer_body(request)
+    if isinstance(body, HttpResponse):
+        return body
+    try:
+        sdp = parse_offer_envelope(body, request.content_type)
+        result = await services.session_offer(
+            sdp=sdp, client_ip=client_ip_of(request), pinned=request.GET.get("region"),
+            caller=caller,
         )
-        await request_close(transceiver_id=session.transceiver.transceiver_id, session_id=sid)
-        return _cors(HttpResponse(status=200), request)
-    response = problem(405, "trickle ICE is not supported; send a complete offer",
-                       code="method_not_allowed")
-    response["Allow"] = methods
-    return _cors(response, request)
+    except Denied as exc:
+        return denied(exc)
+    except OfferRefused as exc:
+        return refused(exc)
+    return _created(result, request.content_type == "application/json")
 
 
-def _state_json(node: RelayShard | Transceiver) -> dict[str, Any]:
-    """The node's last health transition (issue #4): reason and when."""
-    changed = node.state_changed_at
-    return {"state_reason": node.state_reason, "state_changed_at": changed and changed.isoformat()}
+@api_view("GET", "PATCH", "DELETE")
+async def session_resource(request: HttpRequest, session_id: UUID) -> HttpResponse:
+    """``GET`` state / ``PATCH`` trickle ICE / ``DELETE`` end of one session: only with the
+    token that created it or the API key behind it."""
+    try:
+        caller = await _caller(request)
+        session = await sync_to_async(session_get)(session_id=str(session_id))
+        if session is None:
+            check_session_access(caller, Owner(None, None), required=settings.AUTH_REQUIRED)
+            return problem(404, "no such session", code="not_found")
+        check_session_access(caller, Owner(session.api_key_id, session.client_secret_id),
+                             required=settings.AUTH_REQUIRED)
+    except Denied as exc:
+        return denied(exc)
+    except OfferRefused as exc:
+        return refused(exc)
+    if request.method == "DELETE":
+        await services.session_hang_up(session=session, reason="deleted by client")
+        return HttpResponse(status=200)
+    if request.method == "PATCH":
+        return _trickle(request, session.etag)
+    user = await request.auser()
+    return JsonResponse(session_json(session, with_client_ip=user.is_staff))
 
 
-def region_json(capacity: RegionCapacity, client: LatLon | None) -> dict[str, Any]:
-    region = capacity.region
-    point = LatLon(region.latitude, region.longitude)
-    return {
-        "code": region.code,
-        "name": region.name,
-        "latitude": region.latitude,
-        "longitude": region.longitude,
-        "default": region.is_default,
-        "enabled": region.enabled,
-        "status": capacity.status,
-        "load": round(capacity.load, 3),
-        "distance_km": round(great_circle_km(client, point), 1) if client else None,
-        "relays": [
-            {"shard": r.shard_id, "public": f"{r.public_host}:{r.public_port}", "state": r.state,
-             **_state_json(r), "live": r in capacity.relays}
-            for r in capacity.all_relays or capacity.relays
-        ],
-        "transceivers": [
-            {"id": t.transceiver.transceiver_id, "state": t.transceiver.state,
-             **_state_json(t.transceiver),
-             "live": t.heartbeat is not None, "sessions": t.live_sessions,
-             "capacity": t.transceiver.capacity, "available": t.available,
-             "held": t.held or None}
-            for t in capacity.transceivers
-        ],
-    }
+ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+\Z")  # RFC 8839 §5.4 ice-char
+CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")  # RFC 8839 §5.1 cand-type
+
+
+@dataclass(frozen=True, slots=True)
+class TrickleFragment:
+    """What a trickle PATCH body says: its candidates and whether gathering is over."""
+
+    candidates: tuple[str, ...]
+    end_of_candidates: bool
+
+
+def _check_candidate(value: str) -> None:
+    """RFC 8839 §5.1: foundation component transport priority address port typ cand-type."""
+    fields = value.split()
+    if len(fields) < 8 or fields[6] != "typ" or fields[7] not in CANDIDATE_TYPES:
+        raise ValueError("malformed candidate")
+    if not (fields[1].isdigit() and fields[3].isdigit() and fields[5].isdigit()):
+        raise ValueError("malformed candidate")
+    if not 1 <= int(fields[1]) <= 256 or int(fields[5]) > 65535:
+        raise ValueError("malformed candidate")
+
+
+def parse_trickle_fragment(text: str) -> TrickleFragment:
+    """Check an ``application/trickle-ice-sdpfrag`` body (RFC 8840 §4); ``ValueError`` with a
+    short reason when malformed. Unknown attributes are ignored (RFC 8866 §5.13)."""
+    candidates: list[str] = []
+    end = False
+    for line in (raw.rstrip("\r") for raw in text.split("\n")):
+        if not line:
+            continue
+        if len(line) < 3 or line[1] != "=" or line[0] not in "am":
+            raise ValueError("malformed sdpfrag line")
+        if line[0] == "m":
+            if len(line[2:].split()) < 4:  # RFC 8866 §5.14: media port proto fmt
+                raise ValueError("malformed m-line")
+            continue
+        name, _, value = line[2:].partition(":")
+        if name == "candidate":
+            _check_candidate(value)
+            candidates.append(value)
+        elif name == "end-of-candidates":
+            end = True
+        elif name in ("ice-ufrag", "ice-pwd") and not ICE_CHARS.match(value):
+            raise ValueError(f"malformed {name}")
+    return TrickleFragment(tuple(candidates), end)
+
+
+def if_match_status(header: str | None, etag: str) -> int | None:
+    """The refusal for a PATCH's ``If-Match`` (RFC 9725 §4.3), or None when it matches:
+    428 without one (RFC 6585 §3), 422 for ``*`` (an ICE restart: not supported, §4.3.2),
+    412 when no listed strong tag is the session's (RFC 9110 §13.1.1)."""
+    if header is None or not header.strip():
+        return 428
+    tags = [tag.strip() for tag in header.split(",")]
+    if "*" in tags:
+        return 422
+    return None if etag and f'"{etag}"' in tags else 412
+
+
+IF_MATCH_REFUSALS = {
+    428: ("send If-Match with the session's ETag", "precondition_required"),
+    422: ("ICE restart is not supported", "ice_restart_unsupported"),
+    412: ("If-Match does not match the session's ETag", "precondition_failed"),
+}
+
+
+def _trickle(request: HttpRequest, etag: str) -> HttpResponse:
+    """``PATCH`` with a trickle ICE fragment (RFC 9725 §4.3.1): checked, then 204. The
+    candidates are not used: the relay learns the caller's address from its checks."""
+    if request.content_type != TRICKLE_TYPE:
+        return problem(415, f"send {TRICKLE_TYPE}", code="unsupported")
+    refusal = if_match_status(request.headers.get("If-Match"), etag)
+    if refusal is not None:
+        detail, code = IF_MATCH_REFUSALS[refusal]
+        return problem(refusal, detail, code=code)
+    body = _offer_body(request)
+    if isinstance(body, HttpResponse):
+        return body
+    try:
+        parse_trickle_fragment(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        return problem(400, "body is not valid UTF-8", code="bad_sdpfrag")
+    except ValueError as exc:
+        return problem(400, str(exc), code="bad_sdpfrag")
+    response = HttpResponse(status=204)
+    response["ETag"] = f'"{etag}"'
+    return response
+
+
+def parse_expires_after(body: bytes) -> int:
+    """Seconds a client secret should live, from ``{"expires_after": {"seconds": N}}`` (OpenAI's
+    shape; an empty body: the default); ``ValueError`` with a short reason."""
+    if not body.strip():
+        return SECRET_DEFAULT_SECONDS
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ValueError("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("body must be a JSON object")
+    expires = data.get("expires_after", {})
+    if not isinstance(expires, dict):
+        raise ValueError("expires_after must be an object")
+    if expires.get("anchor", "created_at") != "created_at":
+        raise ValueError('expires_after.anchor must be "created_at"')
+    seconds = expires.get("seconds", SECRET_DEFAULT_SECONDS)
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        raise ValueError("expires_after.seconds must be an integer")
+    if not SECRET_MIN_SECONDS <= seconds <= SECRET_MAX_SECONDS:
+        raise ValueError(
+            f"expires_after.seconds must be {SECRET_MIN_SECONDS}..{SECRET_MAX_SECONDS}"
+        )
+    return seconds
+
+
+def minted_json(minted: Minted) -> dict[str, Any]:
+    """``{"value", "expires_at"}`` (unix seconds), the shape OpenAI's client secrets have."""
+    expires_at = int(minted.expires_at.timestamp()) if minted.expires_at else None
+    return {"value": minted.value, "expires_at": expires_at}
+
+
+@api_view("POST")
+async def client_secrets_collection(request: HttpRequest) -> HttpResponse:
+    """``POST /v1/client_secrets`` with an API key: a short-lived secret that may only create
+    sessions (a browser's token)."""
+    try:
+        caller = check_mint(await _caller(request))
+        if request.content_type not in ("application/json", "") and request.body.strip():
+            return problem(415, "send application/json", code="unsupported")
+        seconds = parse_expires_after(request.body)
+        minted = await services.run_backed(client_secret_mint, credential=caller, seconds=seconds)
+    except Denied as exc:
+        return denied(exc)
+    except OfferRefused as exc:
+        return refused(exc)
+    except ValueError as exc:
+        return problem(400, str(exc), code="bad_request")
+    except RequestDataTooBig:
+        return _too_large()
+    return JsonResponse(minted_json(minted))
 
 
 def _regions_body(client_ip: str | None) -> dict[str, Any]:
-    location = locate_client(client_ip)
+    redis_ping()  # fail within the signaling timeout, not one per region read
     ranked = rank_regions_for(client_ip=client_ip, pinned=None)
     capacities = [region_capacity(region=region) for region, _ in ranked]
     # Usable regions first, each group in steering order: the list a client fails over down.
     capacities.sort(key=lambda c: not c.usable)
-    client = location.point if location else None
-    return {
-        "client": {
-            "ip": client_ip,
-            "location": None if location is None else {
-                "latitude": location.latitude, "longitude": location.longitude,
-                "country": location.country_iso_code, "city": location.city_name,
-            },
-        },
-        "regions": [region_json(c, client) for c in capacities],
-    }
+    return regions_json(client_ip, locate_client(client_ip), capacities)
 
 
+@api_view("GET")
 async def regions_collection(request: HttpRequest) -> HttpResponse:
     """``GET /v1/regions``: every region with status and load, best first for the caller."""
-    if request.method == "OPTIONS":
-        return _preflight(request, "GET, OPTIONS")
-    body = await sync_to_async(_regions_body)(client_ip_of(request))
-    return _cors(JsonResponse(body), request)
+    try:
+        body = await services.run_backed(_regions_body, client_ip=client_ip_of(request))
+    except OfferRefused as exc:
+        return refused(exc)
+    return JsonResponse(body)
+
+
+@api_view("GET")
+async def openapi_view(request: HttpRequest) -> HttpResponse:
+    """``GET /v1/openapi.json``: the OpenAPI 3.1 document of this API (``calls/openapi.yaml``)."""
+    return HttpResponse(openapi_json(), content_type="application/json")
+
+
+@api_view("GET")
+async def docs_page(request: HttpRequest) -> HttpResponse:
+    """``GET /v1/docs``: the same document for people, rendered here (no script, no CDN)."""
+    document = openapi_document()
+    return render(request, "api_docs.html", {
+        "info": document["info"], "operations": operations(document),
+        "sockets": websockets(document),
+    })

@@ -11,21 +11,19 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Count, Q
 
 from calls.models import LIVE_STATES, Session
+from fleet.addresses import format_addr
+from fleet.heartbeats import RelayHeartbeat, TransceiverHeartbeat
 from geo.models import Region
 from relays.models import RelayShard
-from relays.registry import (
-    RelayHeartbeat,
-    TransceiverHeartbeat,
-)
-from relays.selectors import relay_heartbeats, transceiver_heartbeats
+from relays.selectors import heartbeat_fresh, relay_heartbeats, transceiver_heartbeats
 from transceivers.models import Transceiver
 
-PACKET_COUNTERS = ("forwarded_in", "forwarded_out")
+PACKET_COUNTERS = ("forwarded_in", "forwarded_out", "tcp_forwarded_in", "tcp_forwarded_out")
 DROP_PREFIX = "drop_"
+TCP_CLOSED_PREFIX = "tcp_closed_"  # ICE-TCP connections the relay ended, by reason
 
 Sample = tuple[float, int]  # (heartbeat sent_at, packets forwarded so far) of one relay worker
 RateState = tuple[float, int, float | None]  # a Sample and the packets/s last derived from it
@@ -44,12 +42,9 @@ def packet_rates(
     return rates
 
 
-def _fresh(sent_at: float, now: float) -> bool:
-    return now - sent_at <= settings.HEARTBEAT_TTL
-
 
 def _relay_row(relay: RelayShard, beats: list[RelayHeartbeat], now: float) -> dict[str, Any]:
-    live = [b for b in beats if _fresh(b.sent_at, now)]
+    live = [b for b in beats if heartbeat_fresh(b.sent_at, now)]
     counters: dict[str, int] = defaultdict(int)
     for beat in live:
         for name, value in beat.counters.items():
@@ -59,9 +54,17 @@ def _relay_row(relay: RelayShard, beats: list[RelayHeartbeat], now: float) -> di
         "id": relay.shard_id,
         "state": relay.state,
         "up": bool(live),
-        "public": f"{relay.public_host}:{relay.public_port}",
+        "public": format_addr((relay.public_host, relay.public_port)),
         "workers": len(live),
         "flows": sum(b.flows for b in live),
+        "tcp": (format_addr((relay.public_host, relay.tcp_port))
+                if relay.tcp_port is not None else None),
+        "tcp_connections": counters["tcp_connections"],
+        "tcp_closed": {
+            name.removeprefix(TCP_CLOSED_PREFIX): value
+            for name, value in sorted(counters.items())
+            if name.startswith(TCP_CLOSED_PREFIX) and value
+        },
         "sessions": getattr(relay, "live", 0),
         "packets": sum(counters[c] for c in PACKET_COUNTERS),
         "pps": None,
@@ -81,14 +84,14 @@ def _packets(beat: RelayHeartbeat) -> int:
 def _transceiver_row(
     row: Transceiver, beat: TransceiverHeartbeat | None, now: float
 ) -> dict[str, Any]:
-    up = beat is not None and _fresh(beat.sent_at, now)
+    up = beat is not None and heartbeat_fresh(beat.sent_at, now)
     live = getattr(row, "live", 0)
     return {
         "kind": "transceiver",
         "id": row.transceiver_id,
         "state": row.state,
         "up": up,
-        "bind": f"{row.bind_host}:{row.bind_port}",
+        "bind": format_addr((row.bind_host, row.bind_port)),
         "sessions": live,
         "connected": beat.connected if up and beat else 0,
         "capacity": row.capacity,

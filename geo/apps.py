@@ -10,7 +10,7 @@ def _geo_setting_changed(*, setting: str, **kwargs: Any) -> None:
 
         get_locator.cache_clear()
     elif setting == "TRUSTED_PROXIES":
-        from geo.steering import get_trusted_proxies
+        from geo.client_ip import get_trusted_proxies
 
         get_trusted_proxies.cache_clear()
 

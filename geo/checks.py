@@ -9,8 +9,8 @@ from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 
+from geo.client_ip import get_trusted_proxies
 from geo.geoip import get_locator
-from geo.steering import get_trusted_proxies
 
 
 def check_geoip_database(

@@ -58,13 +58,6 @@ def great_circle_km(a: LatLon, b: LatLon) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
-def load_fraction(*, active: int, capacity: int) -> float:
-    """Return ``active / capacity`` clamped to 0..1; no capacity counts as full."""
-    if capacity <= 0:
-        return 1.0
-    return min(1.0, max(0.0, active / capacity))
-
-
 def rank_regions(
     client: LatLon | None, candidates: Sequence[RegionCandidate]
 ) -> list[RegionCandidate]:

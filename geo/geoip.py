@@ -124,3 +124,8 @@ def get_locator() -> GeoLocator:
     locator = GeoLocator(path)
     logger.info("geoip database %s (%s)", path, locator.database_type)
     return locator
+
+
+def locate_client(client_ip: str | None) -> Location | None:
+    """Where the caller is, or None for private, unknown or missing addresses."""
+    return get_locator().locate(client_ip) if client_ip else None

@@ -15,10 +15,6 @@ def region_by_code(*, code: str) -> Region:
     return Region.objects.get(code=code)
 
 
-def region_default() -> Region | None:
-    return Region.objects.filter(is_default=True).first()
-
-
 def regions_enabled() -> QuerySet[Region]:
     """Regions that may receive sessions, by code."""
     return Region.objects.filter(enabled=True).order_by("code")

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from relays.ufrag import MAX_NODE_ID
+from fleet.nodes import MAX_NODE_ID
 
 REGION_CODE = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # same rule as geo.models.Region.code
 MAX_CODE_LENGTH = 32
@@ -21,8 +21,8 @@ _TOP_KEYS = frozenset({"regions"})
 _REGION_KEYS = frozenset(
     {"code", "name", "latitude", "longitude", "default", "relays", "transceivers"}
 )
-_RELAY_KEYS = frozenset({"shard", "public_port", "internal_port"})
-_TRANSCEIVER_KEYS = frozenset({"id", "port", "capacity"})
+_RELAY_KEYS = frozenset({"shard", "public_port", "internal_port", "tcp_port", "admin_port"})
+_TRANSCEIVER_KEYS = frozenset({"id", "port", "capacity", "admin_port"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,8 @@ class RelaySpec:
     shard: int
     public_port: int
     internal_port: int
+    admin_port: int = 0  # TCP /livez /readyz /metrics; 0: any free port (see its heartbeat)
+    tcp_port: int | None = None  # ICE-TCP listener on the public host (RFC 6544 passive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class TransceiverSpec:
     id: int
     port: int
     capacity: int
+    admin_port: int = 0  # TCP /livez /readyz /metrics; 0: any free port (see its heartbeat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,11 @@ def _int(data: Mapping[str, object], key: str, where: str, low: int, high: int) 
     return value
 
 
+def _admin_port(data: Mapping[str, object], where: str) -> int:
+    """The optional ``admin_port`` (0 when absent)."""
+    return _int(data, "admin_port", where, 1, 65535) if "admin_port" in data else 0
+
+
 def _degrees(data: Mapping[str, object], key: str, where: str, limit: float) -> float:
     value = data.get(key)
     if value is None:
@@ -119,6 +127,8 @@ def _relay(value: object, where: str) -> RelaySpec:
         shard=_int(data, "shard", where, 1, MAX_NODE_ID),
         public_port=_int(data, "public_port", where, 1, 65535),
         internal_port=_int(data, "internal_port", where, 1, 65535),
+        admin_port=_admin_port(data, where),
+        tcp_port=_int(data, "tcp_port", where, 1, 65535) if "tcp_port" in data else None,
     )
 
 
@@ -128,6 +138,7 @@ def _transceiver(value: object, where: str) -> TransceiverSpec:
         id=_int(data, "id", where, 1, MAX_NODE_ID),  # 0 is the relays' health-probe id
         port=_int(data, "port", where, 1, 65535),
         capacity=_int(data, "capacity", where, 1, 1_000_000),
+        admin_port=_admin_port(data, where),
     )
 
 
@@ -159,6 +170,7 @@ def _check_unique(regions: Sequence[RegionSpec]) -> None:
     shards: set[int] = set()
     transceivers: set[int] = set()
     ports: set[int] = set()
+    tcp_ports: set[int] = set()
 
     def claim(seen: set[int], value: int, message: str) -> None:
         if value in seen:
@@ -173,9 +185,15 @@ def _check_unique(regions: Sequence[RegionSpec]) -> None:
             claim(shards, relay.shard, f"duplicate relay shard {relay.shard}")
             claim(ports, relay.public_port, f"duplicate port {relay.public_port}")
             claim(ports, relay.internal_port, f"duplicate port {relay.internal_port}")
+            if relay.admin_port:
+                claim(ports, relay.admin_port, f"duplicate port {relay.admin_port}")
+            if relay.tcp_port is not None:
+                claim(tcp_ports, relay.tcp_port, f"duplicate tcp port {relay.tcp_port}")
         for xcvr in region.transceivers:
             claim(transceivers, xcvr.id, f"duplicate transceiver id {xcvr.id}")
             claim(ports, xcvr.port, f"duplicate port {xcvr.port}")
+            if xcvr.admin_port:
+                claim(ports, xcvr.admin_port, f"duplicate port {xcvr.admin_port}")
 
 
 def parse_topology(data: Mapping[str, object]) -> Topology:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
-from relays.models import NodeState
+from fleet.nodes import NodeState
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ProbeResult:
     load: float | None = None  # live sessions / capacity (transceivers only)
     loop_lag_ms: float | None = None
     draining: bool = False  # the node reports it is draining
+    incarnation: str | None = None  # the transceiver process that answered the ping
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,15 @@ def remember(memory: ProbeMemory, result: ProbeResult, *, tick: int, now: float)
 
 
 def next_state(
-    current: str, result: ProbeResult, memory: ProbeMemory, thresholds: Thresholds
+    current: str, result: ProbeResult, memory: ProbeMemory, thresholds: Thresholds,
+    *, drain_requested: bool = True,
 ) -> tuple[NodeState, str]:
-    """The state after ``result`` (already folded into ``memory``) and the reason for it."""
+    """The state after ``result`` (already folded into ``memory``) and the reason for it.
+
+    ``drain_requested``: an operator's drain is still asked for (its Redis key exists). Without
+    it, a ``draining`` node whose probes say it no longer drains is back in service: that is an
+    operator's resume, or a probe answered just before the resume reached the node.
+    """
     state = NodeState(current)
     if not result.ok:
         if memory.failures >= thresholds.down_after:
@@ -85,7 +92,9 @@ def next_state(
     if result.draining:
         return NodeState.DRAINING, "node reports draining"
     if state is NodeState.DRAINING:
-        return state, ""  # marked by an operator; the node has not picked it up yet
+        if drain_requested:
+            return state, ""  # marked by an operator; the node has not picked it up yet
+        return NodeState.HEALTHY, "no longer draining"
     if state in (NodeState.DOWN, NodeState.SUSPECT) and memory.successes < thresholds.recover_after:
         return state, ""
     if result.load is not None and result.load >= thresholds.full_load:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from django.db import models
 
-from relays.models import NodeState
-
-
-class NodeKind(models.TextChoices):
-    RELAY = "relay"
-    TRANSCEIVER = "transceiver"
+from fleet.nodes import NodeKind
+from relays.models import NODE_STATE_CHOICES
 
 
 class NodeTransition(models.Model):
-    kind = models.CharField(max_length=16, choices=NodeKind.choices)
+    kind = models.CharField(
+        max_length=16, choices=[(kind.value, kind.name.title()) for kind in NodeKind]
+    )
     node_id = models.PositiveIntegerField()
-    from_state = models.CharField(max_length=16, choices=NodeState.choices)
-    to_state = models.CharField(max_length=16, choices=NodeState.choices)
+    from_state = models.CharField(max_length=16, choices=NODE_STATE_CHOICES)
+    to_state = models.CharField(max_length=16, choices=NODE_STATE_CHOICES)
     reason = models.CharField(max_length=200, blank=True)
     at = models.DateTimeField()
 

@@ -10,14 +10,13 @@ import socket
 import time
 from collections.abc import Mapping
 
-from asgiref.sync import async_to_sync
-
+from fleet.addresses import Addr
+from fleet.heartbeats import RelayHeartbeat, TransceiverHeartbeat, is_fresh
+from fleet.nodes import HEALTH_TRANSCEIVER_ID
 from health.machine import ProbeResult
-from relays.framing import Addr
-from relays.registry import RelayHeartbeat, TransceiverHeartbeat
 from relays.stun import pack_binding_request, parse_xor_mapped_address, transaction_id
-from relays.ufrag import HEALTH_TRANSCEIVER_ID, mint_ufrag
-from transceivers.control import ControlError, ControlTimeout, request_ping
+from relays.ufrag import mint_ufrag
+from transceivers.control import ControlError, ControlTimeout, call_sync, request_ping
 
 PROBE_CLIENT_UFRAG = "probe"
 
@@ -56,7 +55,7 @@ def probe_relay(
     keyring: Mapping[int, bytes], key_id: int, timeout: float,
 ) -> ProbeResult:
     """End to end through the public port, plus the relay's own heartbeat."""
-    fresh = [b for b in heartbeats if now - b.sent_at <= max_age]
+    fresh = [b for b in heartbeats if is_fresh(b.sent_at, now=now, max_age=max_age)]
     draining = any(b.draining for b in fresh)
     username = health_username(shard=shard, key_id=key_id, key=keyring[key_id])
     try:
@@ -74,20 +73,27 @@ def probe_transceiver(
     *, transceiver_id: int, heartbeat: TransceiverHeartbeat | None, now: float, max_age: float,
     timeout: float,
 ) -> ProbeResult:
-    """Heartbeat age plus a request/reply ping over the control channel."""
-    if heartbeat is None or now - heartbeat.sent_at > max_age:
+    """A request/reply ping over the control queue, and the heartbeat's age.
+
+    The ping decides: a transceiver that answers is alive even when its heartbeat is missing
+    (Redis restarted empty, and the daemon re-asserts it with its next beat); failing its
+    sessions then would end live calls that are fine."""
+    stale = None
+    if heartbeat is None or not is_fresh(heartbeat.sent_at, now=now, max_age=max_age):
         age = "none" if heartbeat is None else f"{now - heartbeat.sent_at:.1f}s old"
-        return ProbeResult(False, f"no fresh heartbeat ({age})")
+        stale = f"no fresh heartbeat ({age})"
     started = time.perf_counter()
     try:
-        pong = async_to_sync(request_ping)(transceiver_id=transceiver_id, timeout=timeout)
+        pong = call_sync(request_ping, transceiver_id=transceiver_id, timeout=timeout)
     except ControlTimeout:
-        return ProbeResult(False, f"no ping reply in {timeout:g}s")
+        return ProbeResult(False, stale or f"no ping reply in {timeout:g}s")
     except ControlError as exc:
-        return ProbeResult(False, f"ping refused: {exc}")
+        return ProbeResult(False, stale or f"ping refused: {exc}")
     rtt = (time.perf_counter() - started) * 1000
     capacity = max(1, int(pong.get("capacity") or 1))
     return ProbeResult(
-        True, "ok", rtt_ms=round(rtt, 3), load=int(pong.get("sessions") or 0) / capacity,
+        True, f"ok; {stale}" if stale else "ok", rtt_ms=round(rtt, 3),
+        load=int(pong.get("sessions") or 0) / capacity,
         loop_lag_ms=float(pong.get("loop_lag_ms") or 0.0), draining=bool(pong.get("draining")),
+        incarnation=str(pong.get("incarnation") or "") or None,
     )

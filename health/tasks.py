@@ -1,4 +1,4 @@
-"""Health tasks run by Celery beat: a sweep fans out one probe per node; a rebalancer.
+"""Health tasks run by Celery beat: sweeps fan out one probe (or reconcile) per node; a rebalancer.
 
 Probes are numbered by the beat slot (``tick``) so a duplicate or late run records nothing.
 """
@@ -56,3 +56,25 @@ def rebalance_task() -> int:
 
     interval = settings.HEALTH_REBALANCE_INTERVAL
     return len(rebalance(skew=settings.HEALTH_REBALANCE_SKEW, ttl=3 * interval))
+
+
+@shared_task(name="health.reconcile_sweep", ignore_result=True, time_limit=PROBE_TIME_LIMIT)
+def reconcile_sweep_task() -> int:
+    """Enqueue one reconcile per transceiver."""
+    from django.conf import settings
+
+    from transceivers.models import Transceiver
+
+    ids = list(Transceiver.objects.values_list("transceiver_id", flat=True))
+    for transceiver_id in ids:
+        transceiver_reconcile_task.apply_async((transceiver_id,),
+                                               expires=settings.HEALTH_RECONCILE_INTERVAL)
+    return len(ids)
+
+
+@shared_task(name="health.transceiver_reconcile", ignore_result=True, time_limit=30)
+def transceiver_reconcile_task(transceiver_id: int) -> int:
+    from health.services import transceiver_reconcile
+
+    failed, closed = transceiver_reconcile(transceiver_id=transceiver_id)
+    return len(failed) + len(closed)

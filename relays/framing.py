@@ -18,14 +18,14 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from fleet.addresses import Addr
+
 FRAME_MAGIC = 0xE1
 FAMILY_V4 = 4
 FAMILY_V6 = 6
 HEADER_V4 = 8
 HEADER_V6 = 20
 MAX_HEADER = HEADER_V6
-
-Addr = tuple[str, int]
 
 _PREFIX = struct.Struct("!BBH")
 

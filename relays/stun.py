@@ -7,15 +7,20 @@ plus one answer of its own: the Binding success to a health probe (reserved tran
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import ipaddress
 import struct
 from collections.abc import Iterator
 
 MAGIC_COOKIE = 0x2112A442  # RFC 8489 section 5
 HEADER_LENGTH = 20  # RFC 8489 section 5
+TRANSACTION_ID_BYTES = 12  # RFC 8489 section 5: 96 bits
 BINDING_REQUEST = 0x0001  # RFC 8489 section 18.2
 BINDING_SUCCESS = 0x0101  # RFC 8489 section 18.2
 ATTR_USERNAME = 0x0006  # RFC 8489 section 14.3
+ATTR_MESSAGE_INTEGRITY = 0x0008  # RFC 8489 section 14.5
+INTEGRITY_BYTES = 20  # HMAC-SHA1
 ATTR_XOR_MAPPED_ADDRESS = 0x0020  # RFC 8489 section 14.2
 MAX_USERNAME = 512  # RFC 8489 section 14.3: fewer than 513 bytes
 FAMILY_IPV4 = 0x01  # RFC 8489 section 14.1
@@ -79,21 +84,60 @@ def parse_username(data: bytes | memoryview) -> str:
     raise ValueError("no username")
 
 
+class NotBindingRequest(ValueError):
+    """A well-formed datagram in the STUN range that is not a Binding request (RFC 8489 18.2)."""
+
+
+def parse_binding_request(data: bytes | memoryview) -> tuple[str, bytes]:
+    """Return ``(server ufrag, transaction id)`` of a Binding request in one pass (RFC 8445
+    section 7.2.2 USERNAME ``server:client``); ``NotBindingRequest`` or ``ValueError``."""
+    if not looks_like_stun(data):
+        raise NotBindingRequest("not a binding request")
+    msg_type, _, _, tid = _HEADER.unpack_from(data)
+    if msg_type != BINDING_REQUEST:
+        raise NotBindingRequest("not a binding request")
+    for attr_type, start, end in _walk_attributes(data):
+        if attr_type == ATTR_USERNAME:
+            if end - start > MAX_USERNAME:
+                raise ValueError("username too long")
+            server, sep, client = bytes(data[start:end]).partition(b":")
+            if not sep or not server or not client:
+                raise ValueError("bad username")
+            try:
+                return server.decode("utf-8"), tid
+            except UnicodeDecodeError:
+                raise ValueError("username not utf-8") from None
+    raise ValueError("no username")
+
+
 def parse_server_ufrag(data: bytes | memoryview) -> str:
     """Return the server half of a Binding request USERNAME ``server:client`` (RFC 8445 7.2.2)."""
-    if not is_binding_request(data):
-        raise ValueError("not a binding request")
-    server, sep, client = parse_username(data).partition(":")
-    if not sep or not server or not client:
-        raise ValueError("bad username")
-    return server
+    return parse_binding_request(data)[0]
 
 
 def transaction_id(data: bytes | memoryview) -> bytes:
     """Return the 96-bit transaction id of a STUN message."""
     if not looks_like_stun(data):
         raise ValueError("not stun")
-    return bytes(data[8:20])
+    return bytes(data[HEADER_LENGTH - TRANSACTION_ID_BYTES:HEADER_LENGTH])
+
+
+def has_valid_integrity(data: bytes | memoryview, key: bytes) -> bool:
+    """True when MESSAGE-INTEGRITY is an HMAC-SHA1 under ``key`` of the message up to it, the
+    header's length covering it (RFC 8489 section 14.5; short-term key: the password, 9.1.1)."""
+    try:
+        for attr_type, start, end in _walk_attributes(data):
+            if attr_type != ATTR_MESSAGE_INTEGRITY:
+                continue
+            if end - start != INTEGRITY_BYTES:
+                return False
+            signed = bytearray(data[:start - 4])
+            struct.pack_into("!H", signed, 2, end - HEADER_LENGTH)
+            mac = hmac.new(key, bytes(signed), hashlib.sha1).digest()
+            return hmac.compare_digest(mac, bytes(data[start:end]))
+    except (ValueError, struct.error):
+        return False
+    return False
 
 
 def _walk_attributes(data: bytes | memoryview) -> Iterator[tuple[int, int, int]]:
@@ -117,7 +161,7 @@ def _attributes(data: bytes | memoryview) -> dict[int, bytes]:
 
 
 def _pack(msg_type: int, tid: bytes, attrs: list[tuple[int, bytes]]) -> bytes:
-    if len(tid) != 12:
+    if len(tid) != TRANSACTION_ID_BYTES:
         raise ValueError("transaction id must be 12 bytes")
     body = b"".join(
         _ATTR.pack(kind, len(value)) + value + b"\x00" * (-len(value) % 4) for kind, value in attrs

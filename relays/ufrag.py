@@ -23,14 +23,15 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fleet.nodes import MAX_NODE_ID
+
 UFRAG_VERSION = 1
 UFRAG_LENGTH = 24  # chars; RFC 8445 section 5.3: 4..256 ICE chars
 NONCE_BYTES = 4  # 32 random bits (>= 24 required)
 MAC_BYTES = 9  # 72-bit truncated HMAC-SHA256
 PASSWORD_BYTES = 18  # 144 random bits -> 24 ICE chars; RFC 8445 section 5.3 needs >= 22 chars
-MAX_NODE_ID = 0xFFFF
+MIN_PASSWORD_BYTES = 16  # RFC 8445 section 5.3: at least 128 bits of randomness
 MAX_KEY_ID = 0x0F
-HEALTH_TRANSCEIVER_ID = 0  # reserved: a relay answers Binding requests for it itself (probes)
 
 _BODY = struct.Struct("!BHH4s")  # ver|kid, shard, transceiver, nonce
 
@@ -57,7 +58,7 @@ def mint_ufrag(*, shard: int, transceiver: int, key_id: int, key: bytes, nonce: 
     if not 0 <= key_id <= MAX_KEY_ID:
         raise ValueError("key id out of range")
     if len(nonce) != NONCE_BYTES:
-        raise ValueError("nonce must be 4 bytes")
+        raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
     body = _BODY.pack((UFRAG_VERSION << 4) | key_id, shard, transceiver, nonce)
     return base64.b64encode(body + _mac(key, body)).decode("ascii")
 
@@ -96,7 +97,7 @@ def validate_ufrag(ufrag: str, *, keys: Mapping[int, bytes]) -> UfragClaims:
 
 def mint_password(random: bytes) -> str:
     """Return an ICE password from >= 128 random bits (RFC 8445 section 5.3: 22..256 ICE chars)."""
-    if len(random) < 16:
+    if len(random) < MIN_PASSWORD_BYTES:
         raise ValueError("password needs >= 128 random bits")
     return base64.b64encode(random).decode("ascii").rstrip("=")
 

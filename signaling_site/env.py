@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.core.exceptions import ImproperlyConfigured
+
+T = TypeVar("T")
 
 
 def env_str(name: str, default: str) -> str:
@@ -10,16 +16,38 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def _cast(name: str, default: T, cast: Callable[[str], T]) -> T:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a valid {cast.__name__}") from None
+
+
 def env_int(name: str, default: int) -> int:
-    return int(env_str(name, str(default)))
+    return _cast(name, default, int)
 
 
 def env_float(name: str, default: float) -> float:
-    return float(env_str(name, str(default)))
+    return _cast(name, default, float)
+
+
+def _bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in {"1", "true", "yes", "on"}:
+        return True
+    if word in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+_bool.__name__ = "boolean (1/0, true/false, yes/no, on/off)"
 
 
 def env_bool(name: str, default: bool) -> bool:
-    return env_str(name, "1" if default else "0").lower() in {"1", "true", "yes", "on"}
+    return _cast(name, default, _bool)
 
 
 def env_list(name: str, default: str) -> list[str]:

@@ -1,16 +1,20 @@
 """Run a set of child processes for ``manage.py up``: prefixed logs, restart on crash, clean stop.
 
 Each child runs in its own process group so that stopping it also stops what it forked
-(relay workers, Celery pool processes).
+(relay workers, Celery pool processes), and gets its stop signal when ``up`` dies, even by
+SIGKILL (Linux ``PR_SET_PDEATHSIG``), so no child outlives it holding its ports. The state file
+names ``up`` and its children; the next ``up`` reads it to find leftovers (``leftovers``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +26,25 @@ logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds before restart N of a crashed child
 STOP_GRACE = 10.0
+PR_SET_PDEATHSIG = 1  # prctl(2) option, <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def set_death_signal(sig: int, *, parent: int) -> None:
+    """This process gets ``sig`` when the thread that forked it dies (prctl(2)
+    PR_SET_PDEATHSIG); if ``parent`` is already gone, at once."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the prctl took effect
+        os.kill(os.getpid(), sig)
+
+
+def die_with_parent(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` calling ``set_death_signal``: only a prctl and getppid between fork and
+    exec, no locks (start children from the main thread: the signal follows the forking thread,
+    not the process)."""
+    parent = os.getpid()
+    return lambda: set_death_signal(sig, parent=parent)
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,7 @@ class ChildSpec:
     required: bool = True  # when it exits for good, up stops
     drainable: bool = False  # exit status 0 is a finished drain: it stays down, up goes on
     stop_signal: int = signal.SIGTERM
+    death_signal: int | None = None  # sent when up dies (default: stop_signal)
 
 
 @dataclass
@@ -74,6 +98,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(child.spec.death_signal or child.spec.stop_signal),
         )
         child.started_at = time.monotonic()
         assert child.proc.stdout is not None
@@ -91,7 +116,9 @@ class Supervisor:
         return {n: c.proc.pid for n, c in self._children.items() if c.proc is not None}
 
     def _save_state(self) -> None:
-        state = {"pid": os.getpid(), "children": self.pids()}
+        argv = {n: list(c.spec.argv) for n, c in self._children.items()}
+        state = {"pid": os.getpid(), "argv": sys.argv, "children": self.pids(),
+                 "children_argv": argv}
         tmp = self._state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self._state_file)
@@ -155,3 +182,65 @@ class Supervisor:
             os.killpg(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+# leftovers of a previous up ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What the state file of an earlier ``up`` names that still runs our commands."""
+
+    up_pid: int | None  # that ``up`` itself still runs
+    children: dict[str, int]  # name -> pid of children still running their recorded command
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
+
+
+def _exited(pid: int) -> bool:
+    """Gone or a zombie: its files (and ports) are closed. An exiting process has no cmdline
+    before its files close, so the cmdline cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def _runs(pid: object, argv: object) -> bool:
+    """``pid`` is alive and runs ``argv`` (its tail: the interpreter path may differ)."""
+    if not isinstance(pid, int) or not isinstance(argv, list) or not argv or pid <= 0:
+        return False
+    cmdline = _cmdline(pid)
+    return cmdline is not None and cmdline[-len(argv):] == argv
+
+
+def leftovers(state_file: Path) -> Leftovers:
+    """Read an earlier ``up``'s state file; pids reused by other programs do not count."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return Leftovers(None, {})
+    up_pid = state.get("pid") if _runs(state.get("pid"), state.get("argv")) else None
+    argv = state.get("children_argv") or {}
+    children = {name: pid for name, pid in (state.get("children") or {}).items()
+                if _runs(pid, argv.get(name))}
+    return Leftovers(up_pid, children)
+
+
+def stop_leftovers(children: Mapping[str, int], *, timeout: float = 5.0) -> None:
+    """SIGTERM each leftover's process group, then SIGKILL what is left after ``timeout``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in children.values():
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + timeout
+        while not all(map(_exited, children.values())) and time.monotonic() < deadline:
+            time.sleep(0.05)

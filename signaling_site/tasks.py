@@ -6,12 +6,13 @@ import time
 
 from celery import shared_task
 
-CELERY_HEARTBEAT_KEY = "edge:hb:celery"
-
 
 @shared_task(name="edge.celery_heartbeat", ignore_result=True, time_limit=10)
 def celery_heartbeat_task() -> None:
     """Write the time a worker last ran a beat-scheduled task (idempotent: a plain SET)."""
-    from signaling_site.redis_client import get_redis
+    from django.conf import settings
 
-    get_redis().set(CELERY_HEARTBEAT_KEY, str(time.time()), ex=60)
+    from fleet.keys import CELERY_HEARTBEAT_KEY
+    from fleet.redis_client import shared_redis
+
+    shared_redis(settings.REDIS_URL).set(CELERY_HEARTBEAT_KEY, str(time.time()), ex=60)

@@ -65,11 +65,34 @@
     if (response.status === 429) {
       return "Too many calls from this address." + (retry ? ` Please wait ${retry} s.` : "");
     }
+    if (response.status === 401) {
+      return "This server only takes calls with an API key, and its open demo is off.";
+    }
+    if (response.status === 403) return "Not allowed: " + (body.detail || "forbidden") + ".";
     if (response.status === 400 && body.code === "unknown_region") {
       return "That region is not available. Choose another one or “Nearest to me”.";
     }
     if (response.status === 400) return "The browser's call offer was refused: " + (body.detail || "bad offer") + ".";
     return `The server answered ${response.status}` + (body.detail ? `: ${body.detail}.` : ".");
+  }
+
+  // The open demo's client secret: the page names where to get one (this site's
+  // /demo/client_secret) only when the API needs a token and the operator opened the demo.
+  async function demoSecret() {
+    const url = document.getElementById("call-form").dataset.clientSecretUrl;
+    if (!url) return null;
+    let response;
+    try {
+      response = await fetch(url, { method: "POST" });
+    } catch (_) {
+      throw new Error("Could not reach the server. Check your network connection and try again.");
+    }
+    if (response.status === 200) return (await response.json()).value;
+    throw new Error(await problemText(response));
+  }
+
+  function authHeaders(token) {
+    return token ? { Authorization: `Bearer ${token}` } : {};
   }
 
   function waitForGathering(pc) {
@@ -283,7 +306,7 @@
     ui.start.disabled = true;
     ui.events.replaceChildren();
     setStatus("connecting", "Asking for the microphone…");
-    const c = { pc: null, audio: null, mic: null, ws: null, location: null, timers: [], lastReceived: null };
+    const c = { pc: null, audio: null, mic: null, ws: null, location: null, token: null, timers: [], lastReceived: null };
     call = c;
     try {
       try {
@@ -306,10 +329,12 @@
       await waitForGathering(c.pc);
       setStatus("connecting", "Sending the offer…");
       const region = ui.region.value;
+      c.token = await demoSecret();
       let response;
       try {
         response = await fetch("/v1/sessions" + (region ? `?region=${encodeURIComponent(region)}` : ""), {
-          method: "POST", headers: { "Content-Type": "application/sdp" }, body: c.pc.localDescription.sdp,
+          method: "POST", headers: { "Content-Type": "application/sdp", ...authHeaders(c.token) },
+          body: c.pc.localDescription.sdp,
         });
       } catch (_) {
         throw new Error("Could not reach the server. Check your network connection and try again.");
@@ -364,7 +389,7 @@
     setStatus("idle", keepError ? "Call ended." : "Call ended. Press “Start talking” to call again.");
     if (c.location) {
       try {
-        await fetch(c.location, { method: "DELETE", keepalive: true });
+        await fetch(c.location, { method: "DELETE", keepalive: true, headers: authHeaders(c.token) });
       } catch (_) { /* the server ends it on its own after the consent timeout */ }
     }
     if (!keepError) showError("");
@@ -374,6 +399,8 @@
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", () => stop(false));
   window.addEventListener("pagehide", () => {
-    if (call && call.location) fetch(call.location, { method: "DELETE", keepalive: true }).catch(() => {});
+    if (call && call.location) {
+      fetch(call.location, { method: "DELETE", keepalive: true, headers: authHeaders(call.token) }).catch(() => {});
+    }
   });
 })();

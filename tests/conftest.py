@@ -15,6 +15,11 @@ from signaling_site.redis_server import redis_reachable, start_embedded_redis
 
 TEST_REDIS_DB = 15  # never the developer's db 0
 
+# The suite runs with the API's authentication off (as under `manage.py up`) unless a test turns
+# it on (tests/access, tests/e2e/test_auth.py); the processes tests start inherit the same.
+os.environ.setdefault("AUTH_REQUIRED", "0")
+settings.AUTH_REQUIRED = os.environ["AUTH_REQUIRED"] not in ("0", "")
+
 
 def with_db(url: str, db: int) -> str:
     return urlunparse(urlparse(url)._replace(path=f"/{db}"))

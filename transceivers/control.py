@@ -1,24 +1,37 @@
-"""Signaling <-> transceiver control over the Channels layer: message schema and client calls.
+"""Signaling <-> transceiver control over plain Redis lists: message schema and client calls.
 
-Requests go to ``registry.transceiver_channel(id)``; a request that wants a reply names a
-``reply_channel`` from ``layer.new_channel()`` and an ``expires_at`` (epoch seconds) after which
-the transceiver ignores it (the caller has given up). Replies: ``session.answer``, ``pong`` or
-``error`` with a code from ``ERROR_CODES``.
+A request is one JSON object pushed onto ``fleet.keys.control_queue_key(id)``, which the
+transceiver pops oldest first. A request that wants a reply names a ``reply_key``
+(``fleet.keys.control_reply_key(token)``) and an ``expires_at`` (epoch seconds) after which the
+transceiver ignores it (the caller has given up); the caller blocks on that list for the one
+reply: ``session.answer``, ``pong`` or ``error`` with a code from ``ERROR_CODES``.
+
+Why not the Channels layer (which still carries session events to WebSockets): one
+request/reply over channels_redis cost 1.6 ms here against 0.47 ms for a raw list push and
+blocking pop, and the control leg is on every offer's critical path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import time
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from channels.exceptions import ChannelFull
-from channels.layers import BaseChannelLayer, get_channel_layer
+import redis
+import redis.asyncio as aioredis
+from asgiref.sync import async_to_sync
+from django.conf import settings
 
-from relays.framing import Addr
-from relays.registry import transceiver_channel
+from fleet.addresses import Addr
+from fleet.keys import control_queue_key, control_reply_key
+
+T = TypeVar("T")
 
 OFFER = "session.offer"
 CLOSE = "session.close"
@@ -54,7 +67,7 @@ class EventState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SessionEvent:
-    """A session lifecycle event, as sent to ``registry.session_group(session_id)``."""
+    """A session lifecycle event, as sent to ``fleet.keys.session_group(session_id)``."""
 
     session_id: str
     state: EventState
@@ -79,8 +92,9 @@ class OfferRequest:
     ufrag: str
     pwd: str
     relay_public: Addr
-    reply_channel: str
+    reply_key: str
     expires_at: float
+    relay_tcp_port: int = 0  # the relay's ICE-TCP port on the same host; 0: none
 
     def to_message(self) -> dict[str, Any]:
         return {"type": OFFER, **asdict(self), "relay_public": list(self.relay_public)}
@@ -92,43 +106,103 @@ class OfferRequest:
             host, port = message["relay_public"]
             return cls(
                 str(message["session_id"]), str(message["offer_sdp"]), str(message["ufrag"]),
-                str(message["pwd"]), (str(host), int(port)), str(message["reply_channel"]),
-                float(message["expires_at"]),
+                str(message["pwd"]), (str(host), int(port)), str(message["reply_key"]),
+                float(message["expires_at"]), int(message.get("relay_tcp_port") or 0),
             )
         except (KeyError, TypeError, ValueError):
             raise ValueError("bad offer request") from None
 
 
-def _layer() -> BaseChannelLayer:
-    layer = get_channel_layer()
-    if layer is None:
-        raise ControlError("internal", "no channel layer configured")
-    return layer
+QUEUE_CAPACITY = 1000  # requests waiting for one transceiver before offers are refused "full"
+QUEUE_TTL = 60  # s: the queue of a transceiver that stopped popping goes away by itself
+REPLY_TTL = 30  # s: a reply nobody waited for goes away by itself
+
+# A pooled connection to a Redis that restarted fails once; the next one reconnects.
+_DROPPED = (OSError, redis.ConnectionError)
+
+# One client per event loop: signaling's daphne loop keeps its own for good; a synchronous
+# caller (Celery, through ``call_sync``) gets one for its short-lived loop and closes it.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _client() -> aioredis.Redis:
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        # no socket timeout: a blocking pop waits as long as its own timeout says
+        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1.0)
+        _clients[loop] = client
+    return client
+
+
+async def _close_client() -> None:
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+def call_sync(request: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
+    """Run one control call from synchronous code (its own event loop and Redis client)."""
+    async def once() -> T:
+        try:
+            return await request(**kwargs)
+        finally:
+            await _close_client()
+    return async_to_sync(once)()
+
+
+async def send(transceiver_id: int, message: dict[str, Any]) -> None:
+    """Queue ``message`` for the transceiver, tried once more after a dropped connection;
+    ``ControlError`` when its queue is full or Redis stays away."""
+    key, payload = control_queue_key(transceiver_id), json.dumps(message)
+    for attempt in (1, 2):
+        try:
+            async with _client().pipeline(transaction=False) as pipe:
+                pipe.lpush(key, payload)
+                pipe.expire(key, QUEUE_TTL)
+                length, _ = await pipe.execute()
+            break
+        except _DROPPED as exc:
+            if attempt == 2:
+                raise ControlError("internal", f"control queue: {exc}") from None
+    if int(length) > QUEUE_CAPACITY:
+        raise ControlError("full", "control queue full")
+
+
+async def reply(client: aioredis.Redis, reply_key: str, message: dict[str, Any]) -> None:
+    """The transceiver's side: push the one reply to a request."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.lpush(reply_key, json.dumps(message))
+        pipe.expire(reply_key, REPLY_TTL)
+        await pipe.execute()
 
 
 async def _request(transceiver_id: int, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Send ``message`` with a fresh reply channel and wait for the reply."""
-    layer = _layer()
-    reply_channel = await layer.new_channel()
-    message = {**message, "reply_channel": reply_channel, "expires_at": time.time() + timeout}
+    """Send ``message`` naming a fresh reply list and wait for the reply."""
+    reply_key = control_reply_key(uuid.uuid4().hex)
+    message = {**message, "reply_key": reply_key, "expires_at": time.time() + timeout}
+    await send(transceiver_id, message)
     try:
-        await layer.send(transceiver_channel(transceiver_id), message)
-        reply: dict[str, Any] = await asyncio.wait_for(layer.receive(reply_channel), timeout)
-    except ChannelFull:
-        raise ControlError("full", "control channel full") from None
-    except TimeoutError:
-        raise ControlTimeout(f"transceiver {transceiver_id} did not reply in {timeout}s") from None
-    if reply.get("type") == ERROR:
-        raise ControlError(str(reply.get("code")), str(reply.get("detail", "")))
-    return reply
+        popped = await _client().brpop([reply_key], timeout=timeout)
+    except _DROPPED as exc:
+        raise ControlError("internal", f"control queue: {exc}") from None
+    if popped is None:
+        raise ControlTimeout(f"transceiver {transceiver_id} did not reply in {timeout}s")
+    answer: dict[str, Any] = json.loads(popped[1])
+    if answer.get("type") == ERROR:
+        raise ControlError(str(answer.get("code")), str(answer.get("detail", "")))
+    return answer
 
 
 async def request_answer(
     *, transceiver_id: int, session_id: str, offer_sdp: str, ufrag: str, pwd: str,
-    relay_public: tuple[str, int], timeout: float,
+    relay_public: tuple[str, int], timeout: float, relay_tcp_port: int = 0,
 ) -> str:
     """Ask a transceiver to open ``session_id`` and return its SDP answer."""
-    request = OfferRequest(session_id, offer_sdp, ufrag, pwd, relay_public, "", 0.0)
+    request = OfferRequest(session_id, offer_sdp, ufrag, pwd, relay_public, "", 0.0,
+                           relay_tcp_port)
     message = request.to_message()
     reply = await _request(transceiver_id, message, timeout)
     if reply.get("type") != ANSWER or not isinstance(reply.get("sdp"), str):
@@ -138,12 +212,7 @@ async def request_answer(
 
 async def request_close(*, transceiver_id: int, session_id: str) -> None:
     """Ask a transceiver to close ``session_id`` (fire-and-forget; unknown ids are ignored)."""
-    try:
-        await _layer().send(
-            transceiver_channel(transceiver_id), {"type": CLOSE, "session_id": session_id}
-        )
-    except ChannelFull:
-        raise ControlError("full", "control channel full") from None
+    await send(transceiver_id, {"type": CLOSE, "session_id": session_id})
 
 
 async def request_ping(*, transceiver_id: int, timeout: float) -> dict[str, Any]:

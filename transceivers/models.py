@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from fleet.nodes import MAX_NODE_ID
 from relays.models import FleetNode
-from relays.ufrag import MAX_NODE_ID
 
 
 class Transceiver(FleetNode):
@@ -17,6 +17,8 @@ class Transceiver(FleetNode):
     bind_host = models.GenericIPAddressField()
     bind_port = models.PositiveIntegerField(validators=[MaxValueValidator(65535)])
     capacity = models.PositiveIntegerField(default=200)
+    # The daemon process the health checker last saw (heartbeat incarnation); health owns it.
+    incarnation = models.CharField(max_length=32, blank=True)
 
     class Meta:
         ordering = ["transceiver_id"]

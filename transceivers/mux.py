@@ -2,8 +2,9 @@
 
 Every datagram reaching the transceiver names its client (see ``relays.framing``). Routing:
 a known client address goes to its session; else a STUN message whose USERNAME starts with a
-live session's ufrag (RFC 8445 section 7.2.2: requests carry ``ourUfrag:theirUfrag``) binds the
-address to that session; else the datagram is dropped and counted. Pure: no socket, no clock.
+live session's ufrag (RFC 8445 section 7.2.2: requests carry ``ourUfrag:theirUfrag``) and whose
+MESSAGE-INTEGRITY verifies under that session's password binds the address to that session;
+else the datagram is dropped and counted. Pure: no socket, no clock.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from relays.framing import Addr
-from relays.stun import looks_like_stun, parse_username
+from fleet.addresses import Addr
+from relays.stun import has_valid_integrity, looks_like_stun, parse_username
 
 K = TypeVar("K", bound=Hashable)
 
@@ -25,6 +26,7 @@ class DropReason(enum.Enum):
     UNKNOWN_ADDRESS = "unknown_address"  # not STUN, and no session knows this client
     BAD_STUN = "bad_stun"  # STUN without a readable USERNAME
     UNKNOWN_UFRAG = "unknown_ufrag"
+    BAD_INTEGRITY = "bad_integrity"  # a live ufrag, but not signed with its password: forged
     NO_RELAY = "no_relay"  # an outgoing datagram to a client no relay ever forwarded
 
 
@@ -33,6 +35,7 @@ class _Entry(Generic[K]):
     """One session record and all of its keys."""
 
     ufrag: str
+    key: bytes  # the session's ICE password: what a client's checks are signed with
     addresses: set[Addr] = field(default_factory=set)
 
 
@@ -52,13 +55,14 @@ class MuxTable(Generic[K]):
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
-    def add(self, key: K, ufrag: str) -> None:
-        """Register a session under its server ufrag; ``ValueError`` if either is taken."""
+    def add(self, key: K, ufrag: str, pwd: str) -> None:
+        """Register a session under its server ufrag and ICE password; ``ValueError`` if the
+        session or the ufrag is taken."""
         if key in self._entries:
             raise ValueError("session exists")
         if ufrag in self._by_ufrag:
             raise ValueError("ufrag in use")
-        self._entries[key] = _Entry(ufrag)
+        self._entries[key] = _Entry(ufrag, pwd.encode())
         self._by_ufrag[ufrag] = key
 
     def remove(self, key: K) -> None:
@@ -103,7 +107,11 @@ class MuxTable(Generic[K]):
         if key is None:
             self.drops[DropReason.UNKNOWN_UFRAG] += 1
             return None
-        self._entries[key].addresses.add(client)
+        entry = self._entries[key]
+        if not has_valid_integrity(payload, entry.key):  # RFC 8445 section 7.3: bind only
+            self.drops[DropReason.BAD_INTEGRITY] += 1  # what the session's peer signed
+            return None
+        entry.addresses.add(client)
         self._by_addr[client] = key
         return key
 

@@ -1,21 +1,23 @@
-"""Where a session's lifecycle goes: the DB (through ``calls.services``) and its Channels group."""
+"""Where a session's lifecycle goes: seams the daemon's composer fills in.
+
+``SessionReporter`` records it (the DB writer lives in ``calls.reporting``, a layer above, and
+``run_transceiver`` injects it); ``ChannelEventSink`` publishes it to the session's Channels group.
+"""
 
 from __future__ import annotations
 
-import importlib
-import logging
 from typing import Protocol
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from relays.registry import session_group
+from fleet.keys import session_group
 from transceivers.control import SessionEvent
-
-logger = logging.getLogger(__name__)
 
 
 class SessionReporter(Protocol):
+    async def answered(self, *, session_id: str, incarnation: str) -> None:
+        """The transceiver process ``incarnation`` answered the session (it holds it)."""
+
     async def connected(self, *, session_id: str) -> None: ...
 
     async def ended(self, *, session_id: str, state: str, reason: str) -> None: ...
@@ -25,45 +27,8 @@ class EventSink(Protocol):
     async def publish(self, event: SessionEvent) -> None: ...
 
 
-def _calls_service(name: str) -> object | None:
-    """``calls.services.<name>`` when signaling provides it (it is written in parallel)."""
-    try:
-        module = importlib.import_module("calls.services")
-    except ImportError:
-        return None
-    return getattr(module, name, None)
-
-
-@database_sync_to_async
-def _mark_connected(session_id: str) -> None:
-    service = _calls_service("session_mark_connected")
-    if callable(service):
-        service(session_id=session_id)
-    else:
-        logger.warning("calls.services.session_mark_connected missing; %s not recorded", session_id)
-
-
-@database_sync_to_async
-def _end(session_id: str, state: str, reason: str) -> None:
-    service = _calls_service("session_end")
-    if callable(service):
-        service(session_id=session_id, state=state, reason=reason)
-    else:
-        logger.warning("calls.services.session_end missing; %s not recorded", session_id)
-
-
-class ServicesReporter:
-    """Default reporter: ``calls.services`` in a worker thread, never blocking the loop."""
-
-    async def connected(self, *, session_id: str) -> None:
-        await _mark_connected(session_id)
-
-    async def ended(self, *, session_id: str, state: str, reason: str) -> None:
-        await _end(session_id, state, reason)
-
-
 class ChannelEventSink:
-    """Publishes events to ``registry.session_group(session_id)`` (the demo page's socket)."""
+    """Publishes events to ``fleet.keys.session_group(session_id)`` (the page's WebSocket)."""
 
     async def publish(self, event: SessionEvent) -> None:
         layer = get_channel_layer()

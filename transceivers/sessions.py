@@ -9,68 +9,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
 from aioice.ice import validate_password, validate_username
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
-from aiortc.sdp import SessionDescription
 
-from relays.framing import Addr
+from fleet.addresses import Addr
 from transceivers.agents import AgentFactory, VoiceAgent
+from transceivers.aiortc_hook import MuxBinding, bind_next_connection
+from transceivers.background import BackgroundTasks
 from transceivers.control import ControlError, EventState, SessionEvent
-from transceivers.ice import IceMux, MuxBinding, bind_next_connection
 from transceivers.jitter import tune_audio_receiver
+from transceivers.metrics import TransceiverMetrics
 from transceivers.reporting import EventSink, SessionReporter
+from transceivers.sdp import (
+    add_tcp_candidate,
+    is_relay_only_answer,
+    parse_offer,
+    strip_candidates,
+)
+from transceivers.shared_socket import IceMux
 
 logger = logging.getLogger(__name__)
 
-_DROPPED_ATTRS = ("a=candidate", "a=end-of-candidates")
-
-
-def strip_candidates(sdp: str) -> str:
-    """Drop ``a=candidate`` and ``a=end-of-candidates`` lines (RFC 8839 section 5.1, 5.2).
-
-    Client candidates would make aioice open sockets (mDNS) or prune every component; the
-    transceiver learns the client's address from its first STUN request (peer-reflexive).
-    """
-    lines = sdp.splitlines()
-    kept = [line for line in lines if not line.startswith(_DROPPED_ATTRS)]
-    return "\r\n".join(kept) + "\r\n"
-
-
-def parse_offer(sdp: str) -> SessionDescription:
-    """Parse an offer; ``ValueError("bad sdp")`` if unparsable, ``("no audio")`` without audio."""
-    if not sdp.startswith("v=0"):
-        raise ValueError("bad sdp")
-    try:
-        description = SessionDescription.parse(sdp)  # asserts and indexes on bad input
-    except (AssertionError, AttributeError, IndexError, KeyError, TypeError, ValueError):
-        raise ValueError("bad sdp") from None
-    if not any(m.kind == "audio" and m.port != 0 for m in description.media):
-        raise ValueError("no audio")
-    return description
-
-
-def answer_candidates(sdp: str) -> list[Addr]:
-    """Return the (address, port) of every ``a=candidate`` line (RFC 8839 section 5.1)."""
-    found = []
-    for line in sdp.splitlines():
-        if line.startswith("a=candidate:"):
-            parts = line.split()
-            if len(parts) < 6:
-                raise ValueError("bad candidate")
-            found.append((parts[4], int(parts[5])))
-    return found
-
-
-def is_relay_only_answer(sdp: str, public: Addr) -> bool:
-    """True when the answer's only candidates are the relay's public address."""
-    candidates = answer_candidates(sdp)
-    return bool(candidates) and all(c == public for c in candidates)
+# What aiortc raises on offers it parses but cannot answer (it asserts and dereferences None).
+UNNEGOTIABLE = (AttributeError, KeyError, IndexError, TypeError, AssertionError,
+                InvalidAccessError, OperationError)
 
 
 @dataclass(eq=False)
@@ -85,6 +52,8 @@ class LiveSession:
     checking: bool = False  # "checking" published (once)
     timer: asyncio.TimerHandle | None = None
     created_at: float = field(default_factory=time.monotonic)
+    answered_at: float | None = None  # monotonic: set-up times are measured from the answer
+    ice_connected: bool = False
     published: asyncio.Task[None] | None = None  # the last queued event (events go in order)
 
 
@@ -93,17 +62,20 @@ class SessionManager:
 
     def __init__(
         self, *, mux: IceMux, agent_factory: AgentFactory, reporter: SessionReporter,
-        events: EventSink, connect_timeout: float, capacity: int,
+        events: EventSink, connect_timeout: float, capacity: int, incarnation: str = "",
+        metrics: TransceiverMetrics | None = None,
     ) -> None:
         self.mux = mux
+        self.incarnation = incarnation  # of this process: recorded on each session it answers
         self._agent_factory = agent_factory
         self._reporter = reporter
         self._events = events
         self.connect_timeout = connect_timeout
         self.capacity = capacity
         self.draining = False
+        self.metrics = metrics
         self._sessions: dict[str, LiveSession] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -115,8 +87,15 @@ class SessionManager:
     def get(self, session_id: str) -> LiveSession | None:
         return self._sessions.get(session_id)
 
+    def session_ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def live(self) -> list[LiveSession]:
+        return list(self._sessions.values())
+
     async def open(
-        self, *, session_id: str, offer_sdp: str, ufrag: str, pwd: str, relay_public: Addr
+        self, *, session_id: str, offer_sdp: str, ufrag: str, pwd: str, relay_public: Addr,
+        relay_tcp_port: int = 0,
     ) -> str:
         """Create the session and return its answer SDP; ``ControlError`` when refused."""
         existing = self._sessions.get(session_id)
@@ -135,7 +114,7 @@ class SessionManager:
         session = LiveSession(session_id, ufrag, pc, self._agent_factory(session_id))
         self._sessions[session_id] = session
         try:
-            answer = await self._negotiate(session, offer, pwd, relay_public)
+            answer = await self._negotiate(session, offer, pwd, relay_public, relay_tcp_port)
         except BaseException:
             await self._remove(session_id, state="failed", reason="no answer", report=False)
             raise
@@ -143,7 +122,8 @@ class SessionManager:
         loop = asyncio.get_running_loop()
         session.timer = loop.call_later(self.connect_timeout, self._on_connect_timeout, session_id)
         self._publish_in_order(session, EventState.ANSWERED)  # not awaited: the answer goes now
-        session.answered = True
+        self._tasks.spawn(self._report_answered(session_id))
+        session.answered, session.answered_at = True, time.monotonic()
         self._on_ice_state(session)  # checking may have begun before the answer was out
         return answer
 
@@ -161,7 +141,7 @@ class SessionManager:
             raise ControlError("internal", str(exc)) from None
 
     async def _negotiate(
-        self, session: LiveSession, offer: str, pwd: str, public: Addr
+        self, session: LiveSession, offer: str, pwd: str, public: Addr, tcp_port: int
     ) -> str:
         pc = session.pc
         binding = MuxBinding(self.mux, session.session_id, session.ufrag, pwd, public)
@@ -177,18 +157,25 @@ class SessionManager:
         try:
             with bind_next_connection(binding):
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind != "audio":
+                    transceiver.direction = "inactive"  # voice only: never decode video
+            await pc.setLocalDescription(await pc.createAnswer())
         except ValueError as exc:  # aiortc rejects e.g. missing ICE credentials or fingerprint
             raise ControlError("bad_sdp", str(exc)) from None
-        for transceiver in pc.getTransceivers():
-            if transceiver.kind != "audio":
-                transceiver.direction = "inactive"  # voice only: never decode video
-        await pc.setLocalDescription(await pc.createAnswer())
+        except UNNEGOTIABLE as exc:  # no a=setup, duplicate mids, no codec in common, ...
+            raise ControlError("bad_sdp", f"offer cannot be negotiated: {exc}") from None
         answer = pc.localDescription.sdp
-        if not is_relay_only_answer(answer, public):
+        if tcp_port:
+            answer = add_tcp_candidate(answer, public, tcp_port)
+        if not is_relay_only_answer(answer, public, tcp_port):
             raise ControlError("internal", "answer carries a non-relay candidate")
         return answer
 
     def _on_ice_state(self, session: LiveSession) -> None:
+        if session.pc.iceConnectionState == "completed" and not session.ice_connected:
+            session.ice_connected = True  # aiortc's name for ICE "connected"
+            self._observe_setup(session, "ice")
         if (
             session.pc.iceConnectionState in ("checking", "completed")
             and session.answered  # else open() calls again after publishing "answered"
@@ -204,17 +191,32 @@ class SessionManager:
         state = session.pc.connectionState
         if state == "connected" and not session.connected:
             session.connected = True
+            self._observe_setup(session, "dtls")
             if session.timer is not None:
                 session.timer.cancel()
-            self._spawn(self._report_connected(session))
+            self._tasks.spawn(self._report_connected(session))
         elif state == "failed":
-            self._spawn(self.close(session.session_id, state="failed", reason="ice/dtls failed"))
+            failed = self.close(session.session_id, state="failed", reason="ice/dtls failed")
+            self._tasks.spawn(failed)
         elif state == "closed":
-            self._spawn(self.close(session.session_id, state="ended", reason="closed"))
+            self._tasks.spawn(self.close(session.session_id, state="ended", reason="closed"))
+
+    def _observe_setup(self, session: LiveSession, stage: str) -> None:
+        if self.metrics is None or session.answered_at is None:
+            return
+        elapsed = time.monotonic() - session.answered_at
+        histogram = self.metrics.ice_setup if stage == "ice" else self.metrics.dtls_setup
+        histogram.observe(elapsed)
 
     def _on_connect_timeout(self, session_id: str) -> None:
         reason = f"not connected within {self.connect_timeout:g}s"
-        self._spawn(self.close(session_id, state="failed", reason=reason))
+        self._tasks.spawn(self.close(session_id, state="failed", reason=reason))
+
+    async def _report_answered(self, session_id: str) -> None:
+        try:
+            await self._reporter.answered(session_id=session_id, incarnation=self.incarnation)
+        except Exception:
+            logger.exception("session %s: reporting answered failed", session_id)
 
     async def _report_connected(self, session: LiveSession) -> None:
         session.agent.on_event(self._event(session.session_id, EventState.CONNECTED, ""))
@@ -232,9 +234,7 @@ class SessionManager:
         await asyncio.gather(
             *(self._remove(sid, state="ended", reason=reason) for sid in list(self._sessions))
         )
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
     async def _remove(
         self, session_id: str, *, state: str, reason: str, report: bool = True
@@ -255,6 +255,8 @@ class SessionManager:
         session.agent.on_event(event)
         await session.agent.close()
         logger.info("session %s %s: %s", session_id, state, reason)
+        if self.metrics is not None:
+            self.metrics.session_ended(state)
         if not report:
             return True
         if session.published is not None:  # queued events go out before the last one
@@ -278,17 +280,10 @@ class SessionManager:
                 await asyncio.gather(previous, return_exceptions=True)
             await self._publish_event(event)
 
-        session.published = asyncio.get_running_loop().create_task(publish())
-        self._tasks.add(session.published)
-        session.published.add_done_callback(self._tasks.discard)
+        session.published = self._tasks.spawn(publish())
 
     async def _publish_event(self, event: SessionEvent) -> None:
         try:
             await self._events.publish(event)
         except Exception:
             logger.exception("session %s: publishing %s failed", event.session_id, event.state)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from bench import flows
 from bench.capacity import _decoded_tone, audio_level_cost
 from bench.common import Row, format_table, percentile
+from bench.forwarders import coturn
 from bench.relay import KEYRING, SHARD, TRANSCEIVER_ID, binding_request
 from relays.stun import is_binding_request, parse_server_ufrag
 from relays.ufrag import validate_ufrag
@@ -53,3 +56,35 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert math.isnan(percentile([], 50))
+
+
+def test_lossy_link_points_the_answer_at_itself_and_loses_reproducibly() -> None:
+    from bench.lossy import point_candidates, random_loss
+
+    answer = ("v=0\r\na=candidate:1 1 udp 2130706431 203.0.113.5 3478 typ host\r\n"
+              "a=candidate:2 1 tcp 1 203.0.113.5 9 typ host tcptype passive\r\n"
+              "a=candidate:3 1 udp 1 198.51.100.1 5000 typ host\r\n")
+    pointed = point_candidates(answer, ("127.0.0.1", 4000))
+    assert [ln for ln in pointed.splitlines() if ln.startswith("a=candidate")] == [
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host"]
+    first, second = random_loss(0.05, 7), random_loss(0.05, 7)
+    pattern = [first("up", b"x") for _ in range(2000)]
+    assert pattern == [second("up", b"x") for _ in range(2000)]
+    assert 50 <= sum(pattern) <= 150
+    assert not any(random_loss(0.0, 7)("up", b"x") for _ in range(100))
+
+
+def test_c_forwarder_and_load_generator_forward_both_ways() -> None:
+    """bench/cfwd.c and bench/udpblast.c compile, and datagrams go through both directions."""
+    from bench.relay import throughput
+
+    rate, per_cpu, _ = throughput("cfwd", ports=4, seconds=1.2)
+    assert rate > 0 and per_cpu > 0
+
+
+@pytest.mark.skipif(coturn() is None, reason="coturn not installed")
+def test_coturn_relays_channel_data_of_a_bench_allocation() -> None:
+    from bench.relay import throughput
+
+    rate, _, _ = throughput("coturn", ports=4, seconds=1.2)
+    assert rate > 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -47,7 +46,7 @@ REGIONS = [
     {"code": "eu-west", "name": "Dublin", "latitude": 53.35, "longitude": -6.26, "default": True,
      "relays": [{"shard": 1}], "transceivers": [{"id": 1}]},
     {"code": "us-east", "name": "Virginia", "latitude": 38.95, "longitude": -77.45,
-     "relays": [{"shard": 2}], "transceivers": [{"id": 2}]},
+     "relays": [{"shard": 2}], "transceivers": [{"id": 2}, {"id": 4}]},
     {"code": "ap-south", "name": "Mumbai", "latitude": 19.08, "longitude": 72.88,
      "relays": [{"shard": 3}], "transceivers": [{"id": 3}]},
 ]
@@ -74,8 +73,7 @@ def browser_edge(
     edge = start_edge(
         tmp, redis_url, json.loads(json.dumps(REGIONS)), extra_env={"HEARTBEAT_TTL": "3"}
     )
-    env = {**os.environ, "EDGE_VAR_DIR": str(edge.var_dir), "REDIS_URL": redis_url,
-           "DJANGO_SUPERUSER_PASSWORD": STAFF_PASSWORD}
+    env = edge.manage_env(DJANGO_SUPERUSER_PASSWORD=STAFF_PASSWORD)
     subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "createsuperuser", "--noinput",
          "--username", STAFF_USER, "--email", "ops@example.com"],

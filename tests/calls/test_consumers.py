@@ -14,8 +14,8 @@ from channels.testing import WebsocketCommunicator
 
 from calls.consumers import CLOSE_NOT_FOUND
 from calls.models import Session, SessionState
-from calls.routing import websocket_urlpatterns
-from relays.registry import session_group
+from fleet.keys import session_group
+from signaling_site.routing import websocket_urlpatterns
 from tests.dashboard.fleet import make_nodes, make_region, make_session
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

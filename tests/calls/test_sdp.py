@@ -1,6 +1,6 @@
 import pytest
 
-from calls.sdp import parse_offer, validate_offer
+from calls.sdp import summarize_offer, validate_offer
 
 OFFER = "\r\n".join([
     "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
@@ -27,7 +27,7 @@ def test_valid_offer() -> None:
 )
 def test_parse_rejects(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        parse_offer(text)
+        summarize_offer(text)
 
 
 def test_validate_requires_credentials_and_fingerprint() -> None:

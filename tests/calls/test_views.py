@@ -1,6 +1,7 @@
 """The WHIP endpoint's error contract: problem+json, nothing half-created."""
 
 import json
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -82,10 +83,35 @@ def test_rate_limit_is_429(client: Client, settings: object) -> None:
 def test_cors_preflight(client: Client) -> None:
     response = client.options("/v1/sessions", HTTP_ORIGIN="https://app.example",
                               HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST")
-    assert response.status_code == 204
+    assert response.status_code == 200
     assert response["Access-Control-Allow-Origin"] == "*"
     assert "POST" in response["Access-Control-Allow-Methods"]
     assert "Content-Type" in response["Access-Control-Allow-Headers"]
+    assert response["Access-Control-Max-Age"] == "600"
+
+
+def test_cors_with_named_origins(client: Client, settings: Any) -> None:
+    """CORS_ALLOWED_ORIGINS without "*": a named origin reads the WHIP headers, another page
+    gets no CORS headers (its browser then refuses to hand it the reply)."""
+    settings.CORS_ALLOW_ALL_ORIGINS = False
+    settings.CORS_ALLOWED_ORIGINS = ["https://app.example"]
+    named = client.get("/v1/regions", HTTP_ORIGIN="https://app.example")
+    assert named["Access-Control-Allow-Origin"] == "https://app.example"
+    exposed = {h.strip() for h in named["Access-Control-Expose-Headers"].split(",")}
+    assert {"Location", "ETag", "X-Region", "Retry-After"} <= exposed
+    assert "origin" in named["Vary"].lower()
+    other = client.get("/v1/regions", HTTP_ORIGIN="https://evil.example")
+    assert other.status_code == 200 and "Access-Control-Allow-Origin" not in other
+    preflight = client.options("/v1/sessions", HTTP_ORIGIN="https://evil.example",
+                               HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST")
+    assert "Access-Control-Allow-Origin" not in preflight
+
+
+def test_errors_outside_the_views_carry_cors_too(client: Client) -> None:
+    """A 404 for an unknown /v1/ path is readable by the page that asked (it can show why)."""
+    response = client.get("/v1/nothing-here", HTTP_ORIGIN="https://app.example")
+    assert response.status_code == 404
+    assert response["Access-Control-Allow-Origin"] == "*"
 
 
 def test_unknown_session_is_404(client: Client) -> None:

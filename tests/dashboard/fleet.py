@@ -7,14 +7,10 @@ import time
 import redis
 
 from calls.models import Session, SessionState
+from fleet.heartbeats import RelayHeartbeat, TransceiverHeartbeat
+from fleet.keys import relay_heartbeat_key, transceiver_heartbeat_key
 from geo.models import Region
 from relays.models import RelayShard
-from relays.registry import (
-    RelayHeartbeat,
-    TransceiverHeartbeat,
-    relay_heartbeat_key,
-    transceiver_heartbeat_key,
-)
 from transceivers.models import Transceiver
 
 
@@ -47,9 +43,10 @@ def make_session(
 
 def beat_relay(
     client: redis.Redis, shard: int, *, packets: int = 0, drops: dict[str, int] | None = None,
-    sent_at: float | None = None,
+    sent_at: float | None = None, tcp: dict[str, int] | None = None,
 ) -> None:
     counters = {"forwarded_in": packets // 2, "forwarded_out": packets - packets // 2}
+    counters.update({f"tcp_{k}": v for k, v in (tcp or {}).items()})
     counters.update({f"drop_{k}": v for k, v in (drops or {}).items()})
     beat = RelayHeartbeat(
         shard=shard, worker=0, public="127.0.0.1:1", internal="127.0.0.1:2", pid=1, flows=1,

@@ -9,6 +9,7 @@ import redis
 
 from calls.models import SessionState
 from dashboard.selectors import fleet_snapshot, packet_rates, region_health, snapshot_with_rates
+from relays.models import RelayShard
 from tests.dashboard.fleet import (
     beat_relay,
     beat_transceiver,
@@ -72,6 +73,21 @@ def test_snapshot_reads_rows_and_heartbeats(redis_client: redis.Redis) -> None:
     assert regions["us-east"]["health"] == "down"  # rows, but no heartbeats
     assert not regions["us-east"]["transceivers"][0]["up"]
     assert len(snapshot["sessions"]) == 2
+    assert relay_row["tcp"] is None and relay_row["tcp_connections"] == 0
+
+
+def test_relay_row_shows_ice_tcp_connections_and_closes(redis_client: redis.Redis) -> None:
+    region = make_region("local", default=True)
+    relay, _ = make_nodes(region, 1)
+    RelayShard.objects.filter(pk=relay.pk).update(tcp_port=443)
+    beat_relay(redis_client, 1, packets=10, tcp={
+        "connections": 7, "forwarded_in": 30, "forwarded_out": 60, "closed_first_timeout": 2000,
+        "closed_idle": 0,
+    })
+    [row] = fleet_snapshot()["regions"][0]["relays"]
+    assert (row["tcp"], row["tcp_connections"]) == ("127.0.0.1:443", 7)
+    assert row["tcp_closed"] == {"first_timeout": 2000}
+    assert row["packets"] == 100  # TCP packets count as forwarded packets too
 
 
 def test_stale_heartbeat_counts_as_down(redis_client: redis.Redis) -> None:

@@ -10,15 +10,18 @@ import random
 import socket
 import struct
 import time
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
 from django.conf import settings
 
-from calls.whip_client import Call, get_json, http_request
-from relays.registry import RelayHeartbeat, relay_heartbeat_key
+from fleet.heartbeats import RelayHeartbeat
+from fleet.keys import relay_heartbeat_key
+from relays import fastpath
 from relays.ufrag import mint_ufrag, validate_ufrag
-from tests.e2e.conftest import Edge
+from tests.e2e.conftest import LOCAL, Edge, start_edge, stop_edge
+from whip.client import Call, get_json, http_request
 
 pytestmark = [pytest.mark.e2e]
 logger = logging.getLogger(__name__)
@@ -41,6 +44,37 @@ def _udp_sockets(pid: int) -> list[object]:
     return [c for p in procs for c in p.net_connections(kind="udp")]
 
 
+def _relay_path(edge: Edge) -> str:
+    """Which path the edge's relay runs, from its start-up log line."""
+    for line in edge.lines:
+        if "relay shard" in line and " path" in line:
+            return "pure" if "pure-Python path" in line else "fastpath"
+    return "unknown"
+
+
+@pytest.fixture(scope="module")
+def pure_relay_edge(tmp_path_factory: pytest.TempPathFactory,
+                    redis_dbs: Callable[[], str]) -> Iterator[Edge]:
+    """The session's edge again, but with the relay's pure-Python path (RELAY_FASTPATH=0)."""
+    running = start_edge(tmp_path_factory.mktemp("edge-pure"), redis_dbs(),
+                         json.loads(json.dumps(LOCAL)), extra_env={"RELAY_FASTPATH": "0"})
+    yield running
+    stop_edge(running)
+
+
+@pytest.fixture(params=[
+    pytest.param("fastpath", marks=pytest.mark.skipif(not fastpath.available(),
+                                                      reason="C fast path not built")),
+    "pure",
+])
+def relay_edge(request: pytest.FixtureRequest) -> Edge:
+    """The relay tests run on both relay paths."""
+    edge: Edge = request.getfixturevalue("edge" if request.param == "fastpath"
+                                         else "pure_relay_edge")
+    assert _relay_path(edge) == request.param
+    return edge
+
+
 def _relay_counters(edge: Edge, shard: int = 1) -> dict[str, int]:
     import redis
 
@@ -49,7 +83,8 @@ def _relay_counters(edge: Edge, shard: int = 1) -> dict[str, int]:
     return RelayHeartbeat.from_json(raw).counters
 
 
-async def test_tone_is_echoed_through_the_relay(edge: Edge) -> None:
+async def test_tone_is_echoed_through_the_relay(relay_edge: Edge) -> None:
+    edge = relay_edge
     call = Call(edge.base_url, seconds=5.0)
     await call.start()
     try:
@@ -73,9 +108,11 @@ async def test_answer_names_only_the_relay_and_a_valid_ufrag(edge: Edge) -> None
         headers = call.response_headers
         candidates = _candidates(call.answer)
         host, port = edge.relay_public(1)
-        assert len(candidates) == 1, candidates
-        fields = candidates[0].split()
-        assert (fields[4], int(fields[5]), fields[7]) == (host, port, "host")
+        assert len(candidates) == 2, candidates  # the relay's UDP port, then its ICE-TCP port
+        udp, tcp = (c.split() for c in candidates)
+        assert (udp[2], udp[4], int(udp[5]), udp[7]) == ("udp", host, port, "host")
+        assert (tcp[2], (tcp[4], int(tcp[5])), tcp[7:]) == (
+            "tcp", edge.relay_tcp(1), ["host", "tcptype", "passive"])
         assert headers["Content-Type"] == "application/sdp"
         assert headers["ETag"].startswith('"')
         ufrag = next(line for line in call.answer.splitlines() if line.startswith("a=ice-ufrag:"))
@@ -136,7 +173,8 @@ def _stun_binding(username: str) -> bytes:
     return struct.pack("!HHI12s", 0x0001, len(body), 0x2112A442, os.urandom(12)) + body
 
 
-async def test_garbage_is_dropped_and_counted_while_a_call_goes_on(edge: Edge) -> None:
+async def test_garbage_is_dropped_and_counted_while_a_call_goes_on(relay_edge: Edge) -> None:
+    edge = relay_edge
     call = Call(edge.base_url, seconds=4.0)
     await call.start()
     try:
@@ -169,7 +207,8 @@ async def test_garbage_is_dropped_and_counted_while_a_call_goes_on(edge: Edge) -
         await call.stop()
 
 
-async def test_relay_sigkill_mid_call_resumes_without_renegotiation(edge: Edge) -> None:
+async def test_relay_sigkill_mid_call_resumes_without_renegotiation(relay_edge: Edge) -> None:
+    edge = relay_edge
     call = Call(edge.base_url, seconds=8.0)
     await call.start()
     try:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from calls.whip_client import Call, get_json, http_request
 from relays.ufrag import parse_keyring, validate_ufrag
 from tests.e2e.conftest import Edge, start_edge, stop_edge
 from tests.geo.mmdb import ASHBURN, DUBLIN, MUMBAI, NOT_IN_SAMPLE, write_city_db
+from whip.client import Call, get_json, http_request
 
 pytestmark = [pytest.mark.e2e]
 
@@ -92,7 +92,8 @@ async def test_offer_lands_in_nearest_region(
     assert (headers["X-Region"], headers["X-Region-Reason"]) == (expected, reason)
     relay = _relay_for(geo_edge, expected)
     candidates = [line.split() for line in answer.splitlines() if line.startswith("a=candidate:")]
-    assert [(c[4], int(c[5])) for c in candidates] == [("127.0.0.1", relay["public_port"])]
+    assert [(c[2], c[4], int(c[5])) for c in candidates] == [  # UDP first, then ICE-TCP
+        ("udp", "127.0.0.1", relay["public_port"]), ("tcp", "127.0.0.1", relay["tcp_port"])]
     ufrag = next(line for line in answer.splitlines() if line.startswith("a=ice-ufrag:"))
     claims = validate_ufrag(ufrag.split(":", 1)[1], keys=_keys(geo_edge))
     region = next(r for r in geo_edge.topology["regions"] if r["code"] == expected)
@@ -137,7 +138,7 @@ def _set_enabled(edge: Edge, code: str, enabled: bool) -> None:
 
     from tests.e2e.conftest import ROOT
 
-    env = {**os.environ, "EDGE_VAR_DIR": str(edge.var_dir), "REDIS_URL": edge.redis_url}
+    env = edge.manage_env()
     code_py = ("from geo.services import regions_set_enabled; "
                f"regions_set_enabled(codes=[{code!r}], enabled={enabled})")
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "shell", "-c", code_py],

@@ -21,10 +21,10 @@ import psutil
 import pytest
 import redis
 
-from calls.whip_client import Call, get_json, http_request
+from fleet.keys import health_key
 from health.machine import ProbeMemory
-from relays.registry import health_key
 from tests.e2e.conftest import ROOT, Edge, start_edge, stop_edge
+from whip.client import Call, get_json, http_request
 
 pytestmark = [pytest.mark.e2e]
 logger = logging.getLogger(__name__)
@@ -47,7 +47,9 @@ def health_edge(
     edge = start_edge(
         tmp_path_factory.mktemp("health"), redis_dbs(), regions,
         extra_env={"HEALTH_PROBE_INTERVAL": str(INTERVAL),  # probe timeout: 0.8 x interval
-                   "HEALTH_REBALANCE_INTERVAL": "1", "RATE_LIMIT_PER_MINUTE": "1000"},
+                   "HEALTH_REBALANCE_INTERVAL": "1", "RATE_LIMIT_PER_MINUTE": "1000",
+                   # offers here never connect: admission caps would hide the placement rules
+                   "MAX_PENDING_PER_CLIENT": "100", "TRANSCEIVER_PENDING_SHARE": "1"},
         extra_args=["--no-restart", "relay-12", "--no-restart", "transceiver-11",
                     "--no-restart", "transceiver-12"],
     )
@@ -102,7 +104,7 @@ def memory(edge: Edge, kind: str, node_id: int) -> ProbeMemory:
 
 
 def manage(edge: Edge, *args: str) -> str:
-    env = {**os.environ, "EDGE_VAR_DIR": str(edge.var_dir), "REDIS_URL": edge.redis_url}
+    env = edge.manage_env()
     done = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, check=True, timeout=60)
     return done.stdout.strip().splitlines()[-1]  # shell may print its auto-imports first

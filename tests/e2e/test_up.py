@@ -13,8 +13,8 @@ from collections.abc import Callable
 import psutil
 import pytest
 
-from calls.whip_client import Call
 from tests.e2e.conftest import LOCAL, ROOT, Edge, free_port, start_edge, stop_edge
+from whip.client import Call
 
 pytestmark = [pytest.mark.e2e]
 
@@ -76,3 +76,11 @@ def test_up_refuses_ports_already_in_use(edge: Edge) -> None:
     )
     assert result.returncode != 0
     assert "is in use" in result.stderr and "--http" in result.stderr, result.stderr
+
+
+def test_var_files_are_private(edge: Edge) -> None:
+    """The database and the secrets are readable by their owner only."""
+    names = ["secrets.json"] + ([] if "DATABASE_URL" in edge.env else ["db.sqlite3"])
+    for name in names:
+        mode = (edge.var_dir / name).stat().st_mode & 0o777
+        assert mode == 0o600, (name, oct(mode))

@@ -9,7 +9,6 @@ from geo.distance import (
     LatLon,
     RegionCandidate,
     great_circle_km,
-    load_fraction,
     rank_regions,
 )
 
@@ -62,13 +61,6 @@ def test_latlon_rejects_out_of_range(lat: float, lon: float, message: str) -> No
 def test_candidate_rejects_bad_load(load: float) -> None:
     with pytest.raises(ValueError, match="load out of range"):
         RegionCandidate("x", 0, 0, load=load)
-
-
-def test_load_fraction_clamps() -> None:
-    assert load_fraction(active=50, capacity=200) == 0.25
-    assert load_fraction(active=300, capacity=200) == 1.0
-    assert load_fraction(active=0, capacity=0) == 1.0
-    assert load_fraction(active=-1, capacity=10) == 0.0
 
 
 EU = RegionCandidate("eu-west", 53.35, -6.26, load=0.9, is_default=True)

@@ -28,7 +28,8 @@ def test_three_regions_file() -> None:
     assert topology.default_region.code == "eu-west"
     assert [r.name for r in topology.regions] == ["Dublin", "Virginia", "Mumbai"]
     assert [relay for _, relay in topology.relays] == [
-        RelaySpec(1, 3478, 4478), RelaySpec(2, 3479, 4479), RelaySpec(3, 3480, 4480)
+        RelaySpec(1, 3478, 4478, tcp_port=3443), RelaySpec(2, 3479, 4479, tcp_port=3444),
+        RelaySpec(3, 3480, 4480, tcp_port=3445),
     ]
     assert [x for _, x in topology.transceivers] == [
         TransceiverSpec(1, 5001, 100), TransceiverSpec(2, 5002, 100), TransceiverSpec(3, 5003, 100)
@@ -42,7 +43,7 @@ def test_local_file() -> None:
     topology = parse_topology(json.loads((TOPOLOGIES / "local.json").read_text()))
     (only,) = topology.regions
     assert (only.code, only.is_default) == ("local", True)
-    assert only.relays == (RelaySpec(1, 3478, 4478),)
+    assert only.relays == (RelaySpec(1, 3478, 4478, tcp_port=3443),)  # up listens on ICE-TCP too
     assert only.transceivers[0].id == 1 and only.transceivers[0].port == 5001
 
 
@@ -101,6 +102,10 @@ def _set(path: list[Any], value: Any) -> Any:
         (_set(["regions", 1, "relays", 0, "public_port"], 3478), r"^duplicate port 3478$"),
         (_set(["regions", 1, "transceivers", 0, "port"], 4478), r"^duplicate port 4478$"),
         (_set(["regions", 0, "relays", 0, "internal_port"], 3478), r"^duplicate port 3478$"),
+        (_set(["regions", 0, "relays", 0, "tcp_port"], 0), r"\.tcp_port: must be 1\.\.65535$"),
+        (_set(["regions", 0, "relays", 0, "tcp_port"], 3478), None),  # TCP: its own ports
+        (lambda d: [_set(["regions", i, "relays", 0, "tcp_port"], 443)(d) for i in (0, 1)],
+         r"^duplicate tcp port 443$"),
         (_set(["regions", 0, "relays", 0, "shard"], 0),
          r"^regions\[0\]\.relays\[0\]\.shard: must be 1\.\.65535$"),
         (_set(["regions", 0, "transceivers", 0, "id"], 70000), r"\.id: must be 1\.\.65535$"),
@@ -128,3 +133,19 @@ def test_two_defaults_rejected() -> None:
 def test_not_a_mapping() -> None:
     with pytest.raises(ValueError, match="^topology: must be an object$"):
         parse_topology([])  # type: ignore[arg-type]
+
+
+def test_admin_ports_are_optional_checked_and_unique() -> None:
+    plain = parse_topology({"regions": [region("a", 1, 1)]}).regions[0]
+    assert plain.relays[0].admin_port == 0 and plain.transceivers[0].admin_port == 0
+    data = region("a", 1, 1)
+    data["relays"][0]["admin_port"] = 9101
+    data["transceivers"][0]["admin_port"] = 9201
+    given = parse_topology({"regions": [data]}).regions[0]
+    assert (given.relays[0].admin_port, given.transceivers[0].admin_port) == (9101, 9201)
+    data["transceivers"][0]["admin_port"] = 9101
+    with pytest.raises(ValueError, match="duplicate port 9101"):
+        parse_topology({"regions": [data]})
+    data["transceivers"][0]["admin_port"] = 70000
+    with pytest.raises(ValueError, match=r"admin_port: must be 1\.\.65535"):
+        parse_topology({"regions": [data]})

@@ -7,9 +7,11 @@ from io import StringIO
 import pytest
 import redis
 from django.core.management import CommandError, call_command
+from pytest_django.fixtures import Settings
 
-from relays.models import NodeState, RelayShard
-from relays.registry import drain_key
+from fleet.keys import drain_key
+from fleet.nodes import NodeState
+from relays.models import RelayShard
 from tests.dashboard.fleet import make_nodes, make_region
 
 pytestmark = pytest.mark.django_db
@@ -40,3 +42,20 @@ def test_drain_wait_returns_when_no_heartbeat_is_left(redis_client: redis.Redis)
 def test_unknown_node_is_an_error(redis_client: redis.Redis) -> None:
     with pytest.raises(CommandError, match="no transceiver 9"):
         drain("transceiver", "9")
+
+
+def test_drain_without_an_id_in_a_transceiver_pod_drains_its_own(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    make_nodes(make_region("eu", default=True), 101)
+    settings.TRANSCEIVER_ID_BASE, settings.POD_INDEX = 100, "1"
+    assert drain("transceiver", "--reason", "preStop") == "transceiver 101: draining"
+    assert redis_client.get(drain_key("transceiver", 101)) == b"preStop"
+
+
+def test_drain_without_an_id_outside_a_pod_is_refused(settings: Settings) -> None:
+    settings.POD_INDEX = ""
+    with pytest.raises(CommandError, match="which transceiver"):
+        drain("transceiver")
+    with pytest.raises(CommandError, match="which relay"):
+        drain("relay")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.nodes import NodeState
 from health.machine import (
     ProbeMemory,
     ProbeResult,
@@ -12,7 +13,6 @@ from health.machine import (
     rebalance_holds,
     remember,
 )
-from relays.models import NodeState
 
 T = Thresholds(suspect_after=1, down_after=2, recover_after=2)
 OK = ProbeResult(True, rtt_ms=0.3, load=0.1)
@@ -65,6 +65,18 @@ def test_draining_is_reported_by_the_node_and_sticky_until_down() -> None:
     assert [s for s, _ in run([OK, MISS], start=NodeState.DRAINING)] == ["draining", "draining"]
     # The drained process exits: after down_after misses it is down.
     assert run([MISS, MISS], start=NodeState.DRAINING)[-1][0] == "down"
+
+
+def test_a_resumed_node_leaves_draining_even_after_a_stale_draining_probe() -> None:
+    """The operator resumes (drain key gone); a probe answered before the node heard of it
+    still says draining; the next probes say it serves: back to healthy, never stuck."""
+    draining = ProbeResult(True, load=0.5, draining=True)
+    memory, state, seen = ProbeMemory(), NodeState.UNKNOWN, []
+    for tick, result in enumerate([draining, OK, OK]):
+        memory = remember(memory, result, tick=tick, now=float(tick))
+        state, _ = next_state(state, result, memory, T, drain_requested=False)
+        seen.append(str(state))
+    assert seen == ["draining", "healthy", "healthy"]
 
 
 def test_a_tick_is_recorded_once() -> None:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 import redis
 from django.conf import settings
+from django.utils import timezone
 
 from calls.models import Session, SessionState
-from calls.selectors import placement_choose, region_capacity
+from calls.selectors import region_capacity
+from calls.services import placement_choose
+from fleet.keys import drain_key
+from fleet.nodes import NodeState
 from health import services
 from health.machine import ProbeResult
 from health.models import NodeTransition
 from health.selectors import node_memory, rebalance_holds_get
 from relays.daemon import Relay
-from relays.models import NodeState, RelayShard
-from relays.registry import drain_key
+from relays.models import RelayShard
 from tests.dashboard.fleet import beat_relay, beat_transceiver, make_nodes, make_region
 from tests.relays.test_daemon import make_config as relay_config
 from transceivers.models import Transceiver
@@ -50,7 +54,7 @@ def test_probe_of_a_tick_is_recorded_once(redis_client: redis.Redis) -> None:
     assert row.state_reason == "2 missed probes: no ping reply in 1s" and row.state_changed_at
 
 
-def test_down_transceiver_fails_its_live_sessions_with_a_reason(
+def test_transceiver_down_long_enough_fails_its_live_sessions_with_a_reason(
     redis_client: redis.Redis,
 ) -> None:
     from tests.dashboard.fleet import make_session
@@ -61,6 +65,10 @@ def test_down_transceiver_fails_its_live_sessions_with_a_reason(
     record(1, 1, OK)
     record(1, 2, MISS)
     record(1, 3, MISS)
+    live.refresh_from_db()
+    assert live.state == SessionState.CONNECTED  # down just now: a pause keeps its calls
+    lost_at = timezone.now() + timedelta(seconds=settings.HEALTH_SESSION_LOST_AFTER)
+    assert services.transceiver_fail_if_lost(transceiver_id=1, now=lost_at) == [str(live.id)]
     live.refresh_from_db()
     ended.refresh_from_db()
     assert live.state == SessionState.FAILED
@@ -111,7 +119,7 @@ def test_placement_skips_a_transceiver_whose_heartbeat_is_stale(
     import json
     import time
 
-    from relays.registry import transceiver_heartbeat_key
+    from fleet.keys import transceiver_heartbeat_key
 
     key = transceiver_heartbeat_key(1)
     beat = json.loads(redis_client.get(key) or b"{}")
@@ -209,3 +217,201 @@ def _relay_row(shard: int, host: str, port: int) -> None:
     region = make_region("solo", default=True)
     RelayShard.objects.create(shard_id=shard, region=region, public_host=host, public_port=port,
                               internal_host="127.0.0.1", internal_port=1)
+
+
+def test_resume_only_undoes_a_drain_but_clears_the_key_from_any_state(
+    redis_client: redis.Redis,
+) -> None:
+    """Moved from the dashboard's own copy (deleted): the dashboard calls these services."""
+    make_nodes(make_region("eu", default=True), 1)
+    assert services.node_drain(kind="transceiver", node_id=1, reason="r")
+    assert not services.node_drain(kind="transceiver", node_id=1, reason="r")
+    Transceiver.objects.filter(transceiver_id=1).update(state=NodeState.DOWN)
+    assert not services.node_resume(kind="transceiver", node_id=1, reason="back")
+    assert state_of(1) == NodeState.DOWN  # the checker's call
+    assert not redis_client.exists(drain_key("transceiver", 1))
+    with pytest.raises(Transceiver.DoesNotExist):
+        services.node_resume(kind="transceiver", node_id=7, reason="x")
+
+
+# incarnations and reconcile: a real transceiver daemon on the real Redis ----------------------
+
+
+async def _daemon_fleet(config: object) -> tuple[RelayShard, Transceiver]:
+    from asgiref.sync import sync_to_async
+
+    def rows() -> tuple[RelayShard, Transceiver]:
+        relay, _ = make_nodes(make_region("eu", default=True), 1)
+        xcvr = Transceiver.objects.create(
+            transceiver_id=config.transceiver_id, region=relay.region,  # type: ignore[attr-defined]
+            bind_host="127.0.0.1", bind_port=1, capacity=10,
+        )
+        return relay, xcvr
+
+    return await sync_to_async(rows)()
+
+
+async def _offer(daemon: object, session: Session) -> None:
+    """A real offer through the control channel (the session never connects)."""
+    from tests.transceivers.conftest import Client, credentials
+    from transceivers import control
+
+    client = Client()
+    await control.request_answer(
+        transceiver_id=daemon.config.transceiver_id,  # type: ignore[attr-defined]
+        session_id=str(session.id), offer_sdp=await client.offer(), ufrag=session.ufrag,
+        pwd=credentials()[1], relay_public=("127.0.0.1", 9), timeout=5,
+    )
+    await client.pc.close()
+
+
+async def _state(session: Session) -> tuple[str, str, str]:
+    row = await Session.objects.aget(id=session.id)
+    return str(row.state), row.reason, row.transceiver_incarnation
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_new_incarnation_fails_the_sessions_of_the_process_before(
+    redis_url: str, redis_client: redis.Redis,
+) -> None:
+    """up restarts a SIGKILLed transceiver within a probe interval: no probe is missed, so the
+    incarnation change is what fails the dead process's sessions (and tells their sockets)."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from channels import layers as channel_layers
+    from channels.layers import get_channel_layer
+
+    from fleet.keys import session_group
+    from tests.dashboard.fleet import make_session
+    from tests.transceivers.conftest import make_config, make_transceiver
+    from transceivers.control import SessionEvent
+
+    channel_layers.channel_layers.backends = {}
+    config = make_config(redis_url)
+    relay, xcvr = await _daemon_fleet(config)
+    ghosts = [await sync_to_async(make_session)(relay, xcvr, SessionState.CONNECTED)
+              for _ in range(2)]
+    await Session.objects.filter(id__in=[g.id for g in ghosts]).aupdate(
+        transceiver_incarnation="deadbeefdeadbeef")  # answered by the killed process
+    await Transceiver.objects.filter(pk=xcvr.pk).aupdate(incarnation="deadbeefdeadbeef")
+    layer = get_channel_layer()
+    listener = await layer.new_channel()
+    await layer.group_add(session_group(str(ghosts[0].id)), listener)
+    async with make_transceiver(config) as daemon:
+        fresh = await sync_to_async(make_session)(relay, xcvr, SessionState.NEW)
+        await _offer(daemon, fresh)
+        async with asyncio.timeout(5):  # the daemon records that it answered, and who
+            while (await _state(fresh))[2] != daemon.incarnation:
+                await asyncio.sleep(0.05)
+        assert await sync_to_async(services.transceiver_check)(
+            transceiver_id=config.transceiver_id, tick=1) == "healthy"
+        for ghost in ghosts:
+            assert await _state(ghost) == ("failed", "transceiver restarted", "deadbeefdeadbeef")
+        assert (await _state(fresh))[0] == "answered"  # the live process's session stays
+        row = await Transceiver.objects.aget(pk=xcvr.pk)
+        assert row.incarnation == daemon.incarnation
+        event = SessionEvent.parse(await asyncio.wait_for(layer.receive(listener), 5))
+        assert (event.state, event.detail) == ("failed", "transceiver restarted")
+        assert await sync_to_async(services.transceiver_check)(
+            transceiver_id=config.transceiver_id, tick=2) is None  # nothing more to do
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_reconcile_fails_what_the_transceiver_lost_and_closes_what_the_db_ended(
+    redis_url: str, redis_client: redis.Redis, settings: object,
+) -> None:
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from channels import layers as channel_layers
+
+    from tests.dashboard.fleet import make_session
+    from tests.transceivers.conftest import make_config, make_transceiver
+
+    settings.HEALTH_RECONCILE_GRACE = 0.0  # type: ignore[attr-defined]
+    channel_layers.channel_layers.backends = {}
+    config = make_config(redis_url, heartbeat_interval=0.1)
+    relay, xcvr = await _daemon_fleet(config)
+    held, lost, ended = [await sync_to_async(make_session)(relay, xcvr, SessionState.ANSWERED)
+                         for _ in range(3)]
+    async with make_transceiver(config) as daemon:
+        await _offer(daemon, held)
+        await _offer(daemon, ended)
+        await Session.objects.filter(id=ended.id).aupdate(state=SessionState.ENDED)
+        await asyncio.sleep(0.3)  # a heartbeat carries the held ids
+        failed, closed = await sync_to_async(services.transceiver_reconcile)(
+            transceiver_id=config.transceiver_id)
+        assert failed == [str(lost.id)] and closed == [str(ended.id)]
+        assert (await _state(lost))[:2] == ("failed", "lost by transceiver")
+        assert (await _state(held))[0] == "answered"
+        assert daemon.sessions is not None
+        async with asyncio.timeout(5):
+            while daemon.sessions.get(str(ended.id)) is not None:
+                await asyncio.sleep(0.05)
+        assert daemon.sessions.get(str(held.id)) is not None
+        await asyncio.sleep(0.3)
+        assert await sync_to_async(services.transceiver_reconcile)(
+            transceiver_id=config.transceiver_id) == ([], [])  # idempotent: converged
+    assert await sync_to_async(services.transceiver_reconcile)(
+        transceiver_id=config.transceiver_id) == ([], [])  # no heartbeat: no judgement
+
+
+def test_rebalance_keeps_the_calls_of_a_transceiver_just_marked_down() -> None:
+    """The rebalancer failed every live session of a down transceiver at once, so a pause just
+    long enough to be marked down lost its calls: it honours HEALTH_SESSION_LOST_AFTER too."""
+    from tests.dashboard.fleet import make_session
+
+    relay, xcvr = make_nodes(make_region("eu", default=True), 1)
+    live = make_session(relay, xcvr, state=SessionState.CONNECTED)
+    record(1, 1, OK)
+    record(1, 2, MISS)
+    record(1, 3, MISS)
+    services.rebalance(skew=0.2, ttl=10)
+    live.refresh_from_db()
+    assert live.state == SessionState.CONNECTED
+    Transceiver.objects.filter(transceiver_id=1).update(
+        state_changed_at=timezone.now() - timedelta(seconds=settings.HEALTH_SESSION_LOST_AFTER + 1)
+    )
+    services.rebalance(skew=0.2, ttl=10)
+    live.refresh_from_db()
+    assert live.state == SessionState.FAILED
+
+
+def test_a_new_process_after_a_finished_drain_takes_sessions_but_a_pending_drain_stands(
+    redis_client: redis.Redis,
+) -> None:
+    make_nodes(make_region("eu", default=True), 1)
+    services.node_drain(kind="transceiver", node_id=1, reason="preStop")
+    assert not services.node_resume_after_drain(kind="transceiver", node_id=1)  # key still set
+    assert Transceiver.objects.get(transceiver_id=1).state == NodeState.DRAINING
+    redis_client.delete(drain_key("transceiver", 1))  # what the drained process does as it exits
+    assert services.node_resume_after_drain(kind="transceiver", node_id=1)
+    row = Transceiver.objects.get(transceiver_id=1)
+    assert (row.state, row.state_reason) == (NodeState.UNKNOWN, "restarted after its drain")
+    assert not services.node_resume_after_drain(kind="transceiver", node_id=1)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_transceiver_that_answers_pings_is_alive_without_its_heartbeat(
+    redis_url: str,
+) -> None:
+    """Redis restarted empty: the heartbeat is gone until the daemon's next beat, but the daemon
+    answers its ping, so the probe passes (failing its sessions would end live calls); with no
+    daemon the probe still fails, with the heartbeat as the reason."""
+    import time
+
+    from asgiref.sync import sync_to_async
+
+    from health import probes
+    from tests.transceivers.conftest import make_config, make_transceiver
+
+    config = make_config(redis_url)
+    probe = sync_to_async(probes.probe_transceiver)
+    async with make_transceiver(config):
+        result = await probe(transceiver_id=config.transceiver_id, heartbeat=None,
+                             now=time.time(), max_age=5.0, timeout=2.0)
+        assert result.ok and result.reason == "ok; no fresh heartbeat (none)", result
+    result = await probe(transceiver_id=config.transceiver_id, heartbeat=None, now=time.time(),
+                         max_age=5.0, timeout=0.3)
+    assert not result.ok and result.reason == "no fresh heartbeat (none)"

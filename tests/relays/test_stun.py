@@ -55,6 +55,7 @@ def test_real_binding_requests(hexdata: Hex, name: str) -> None:
     assert stun.parse_server_ufrag(data) == FIXTURE_UFRAG
     assert stun.parse_username(memoryview(data)).startswith(FIXTURE_UFRAG + ":")
     assert stun.transaction_id(data) == data[8:20]
+    assert stun.parse_binding_request(memoryview(data)) == (FIXTURE_UFRAG, data[8:20])
 
 
 def test_binding_response_is_stun_but_not_a_request(hexdata: Hex) -> None:
@@ -63,6 +64,9 @@ def test_binding_response_is_stun_but_not_a_request(hexdata: Hex) -> None:
     assert not stun.is_binding_request(data)
     with pytest.raises(ValueError, match="^not a binding request$"):
         stun.parse_server_ufrag(data)
+    for not_binding in (data, data[:4], b"\x00\x01\x00\x00"):
+        with pytest.raises(stun.NotBindingRequest, match="^not a binding request$"):
+            stun.parse_binding_request(not_binding)
     with pytest.raises(ValueError, match="^no username$"):
         stun.parse_username(data)
 
@@ -113,6 +117,22 @@ def test_parse_server_ufrag_bad_username(username: bytes) -> None:
         stun.parse_server_ufrag(_message(stun.BINDING_REQUEST, _attr(stun.ATTR_USERNAME, username)))
 
 
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        (b"", "no username"),
+        (struct.pack("!HH", stun.ATTR_USERNAME, 40) + b"abcd", "truncated attribute"),
+        (_attr(stun.ATTR_USERNAME, b"a" * 513), "username too long"),
+        (_attr(stun.ATTR_USERNAME, b"\xff\xfe:ab"), "username not utf-8"),
+        (_attr(stun.ATTR_USERNAME, b"nocolon"), "bad username"),
+    ],
+)
+def test_parse_binding_request_errors_are_not_binding_errors(attrs: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$") as caught:
+        stun.parse_binding_request(_message(stun.BINDING_REQUEST, attrs))
+    assert not isinstance(caught.value, stun.NotBindingRequest)
+
+
 def test_random_bytes_raise_only_value_error(hexdata: Hex) -> None:
     rng = random.Random(7983)
     seeds = [hexdata("aioice_binding_request.hex"), hexdata("chrome_binding_request.hex")]
@@ -127,7 +147,8 @@ def test_random_bytes_raise_only_value_error(hexdata: Hex) -> None:
         stun.classify(data[0]) if data else None
         stun.looks_like_stun(data)
         stun.is_binding_request(data)
-        for parse in (stun.parse_username, stun.parse_server_ufrag, stun.transaction_id):
+        for parse in (stun.parse_username, stun.parse_server_ufrag, stun.transaction_id,
+                      stun.parse_binding_request):
             try:
                 parse(data)
             except ValueError:
@@ -178,3 +199,25 @@ def test_binding_request_round_trips_username() -> None:
 def test_parse_xor_mapped_address_rejects(data: bytes, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         stun.parse_xor_mapped_address(data)
+
+
+def test_message_integrity_verifies_under_the_password_only() -> None:
+    """RFC 8489 section 14.5, checked against aioice's own signer (with FINGERPRINT after it)."""
+    from aioice import stun as aioice_stun
+
+    from relays.stun import has_valid_integrity
+
+    message = aioice_stun.Message(
+        message_method=aioice_stun.Method.BINDING, message_class=aioice_stun.Class.REQUEST
+    )
+    message.attributes["USERNAME"] = "server:client"
+    message.attributes["PRIORITY"] = 1853817087
+    message.add_message_integrity(b"the-password")
+    message.add_fingerprint()
+    signed = bytes(message)
+    assert has_valid_integrity(signed, b"the-password")
+    assert not has_valid_integrity(signed, b"another-password")
+    tampered = bytearray(signed)
+    tampered[-30] ^= 1  # a bit of the MAC
+    assert not has_valid_integrity(bytes(tampered), b"the-password")
+    assert not has_valid_integrity(signed[:40], b"the-password")  # truncated: no MAC

@@ -22,7 +22,9 @@ from aiortc.mediastreams import MediaStreamTrack
 from av import AudioFrame
 from channels import layers as channel_layers
 
-from relays.framing import Addr, pack_header, parse_header
+from calls.reporting import SessionRowReporter
+from fleet.addresses import Addr
+from relays.framing import pack_header, parse_header
 from transceivers import control
 from transceivers.daemon import Transceiver, TransceiverConfig
 
@@ -187,7 +189,12 @@ def make_config(redis_url: str, **overrides: Any) -> TransceiverConfig:
     return TransceiverConfig(**{**values, **overrides})
 
 
+def make_transceiver(config: TransceiverConfig, **kwargs: Any) -> Transceiver:
+    """A transceiver composed as ``run_transceiver`` composes it (session rows in the DB)."""
+    return Transceiver(config, reporter=SessionRowReporter(), **kwargs)
+
+
 @pytest.fixture
 async def transceiver(redis_url: str) -> AsyncIterator[Transceiver]:
-    async with Transceiver(make_config(redis_url)) as running:
+    async with make_transceiver(make_config(redis_url)) as running:
         yield running

@@ -15,10 +15,10 @@ from tests.transceivers.conftest import (
     Framer,
     dominant_frequency,
     make_config,
+    make_transceiver,
     open_session,
 )
 from transceivers.control import EventState, SessionEvent
-from transceivers.daemon import Transceiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 AGENT_HZ = 880
@@ -66,7 +66,7 @@ class ToneAgent:
 
 async def test_a_custom_agent_speaks_and_sees_the_session(redis_url: str) -> None:
     ToneAgent.agents.clear()
-    async with Transceiver(make_config(redis_url), agent_factory=ToneAgent) as transceiver:
+    async with make_transceiver(make_config(redis_url), agent_factory=ToneAgent) as transceiver:
         client = Client()
         async with Framer(transceiver.address) as framer:
             session_id = await open_session(transceiver.config.transceiver_id, framer, client)

@@ -14,10 +14,11 @@ from aiortc.mediastreams import MediaStreamTrack
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from relays.registry import (
+from fleet.addresses import format_addr
+from fleet.heartbeats import TransceiverHeartbeat
+from fleet.keys import (
     TRANSCEIVERS_KEY,
-    TransceiverHeartbeat,
-    format_addr,
+    control_queue_key,
     session_group,
     transceiver_heartbeat_key,
 )
@@ -28,6 +29,7 @@ from tests.transceivers.conftest import (
     credentials,
     dominant_frequency,
     make_config,
+    make_transceiver,
     open_session,
 )
 from transceivers import control
@@ -109,6 +111,33 @@ async def test_no_daemon_times_out(redis_url: str) -> None:
         await control.request_ping(transceiver_id=999_999, timeout=0.3)
 
 
+async def test_garbage_on_the_control_queue_is_dropped(transceiver: Transceiver,
+                                                       redis_url: str) -> None:
+    """Whatever lands on the queue (not JSON, not an object, an unknown type, an offer missing
+    fields) is logged and dropped; the next request is served."""
+    client = redis.Redis.from_url(redis_url)
+    key = control_queue_key(transceiver.config.transceiver_id)
+    client.lpush(key, b"\xff not json", b"[1, 2]", b'{"type": "reboot"}',
+                 b'{"type": "session.offer", "session_id": "x"}')
+    status = await control.request_ping(transceiver_id=transceiver.config.transceiver_id, timeout=5)
+    assert status["sessions"] == 0
+    assert client.llen(key) == 0
+    client.close()
+
+
+async def test_a_full_control_queue_refuses_at_once(redis_url: str) -> None:
+    """A transceiver that stopped popping: once its queue holds QUEUE_CAPACITY requests, the
+    next is refused ``full`` instead of waiting for a timeout; the queue expires by itself."""
+    client = redis.Redis.from_url(redis_url)
+    key = control_queue_key(999_998)
+    client.lpush(key, *[b"{}"] * control.QUEUE_CAPACITY)
+    with pytest.raises(control.ControlError, match="full"):
+        await control.request_close(transceiver_id=999_998, session_id=str(uuid.uuid4()))
+    assert 0 < client.ttl(key) <= control.QUEUE_TTL
+    client.delete(key)
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("mangle", "code"),
     [
@@ -134,7 +163,7 @@ async def test_refused_offers(transceiver: Transceiver, mangle: object, code: st
 
 
 async def test_full_and_draining(redis_url: str) -> None:
-    async with Transceiver(make_config(redis_url, capacity=0)) as full:
+    async with make_transceiver(make_config(redis_url, capacity=0)) as full:
         client = Client()
         offer = await client.offer()
         ufrag, pwd = credentials()
@@ -155,7 +184,7 @@ async def test_full_and_draining(redis_url: str) -> None:
 async def test_session_that_never_connects_is_closed(redis_url: str) -> None:
     layer = get_channel_layer()
     assert layer is not None
-    async with Transceiver(make_config(redis_url, connect_timeout=1.0)) as transceiver:
+    async with make_transceiver(make_config(redis_url, connect_timeout=1.0)) as transceiver:
         session_id = str(uuid.uuid4())
         events = await layer.new_channel()
         await layer.group_add(session_group(session_id), events)
@@ -187,7 +216,7 @@ async def test_lifecycle_reaches_the_session_row(redis_url: str) -> None:
 
     region = await sync_to_async(region_upsert)(code="xx", name="X", latitude=0, longitude=0)
     config = make_config(redis_url, region_code="xx")
-    async with Transceiver(config) as transceiver, Framer(transceiver.address) as framer:
+    async with make_transceiver(config) as transceiver, Framer(transceiver.address) as framer:
         host, port = framer.public_addr
         relay = await RelayShard.objects.acreate(
             shard_id=1, region=region, public_host=host, public_port=port,
@@ -236,13 +265,13 @@ async def _http_get(port: int, path: str) -> int:
 async def test_drain_key_stops_new_sessions_waits_for_live_ones_then_drained(
     redis_url: str,
 ) -> None:
-    from relays.registry import drain_key
+    from fleet.keys import drain_key
     from tests.e2e.conftest import free_port
 
     admin = free_port(socket.SOCK_STREAM)
     config = make_config(redis_url, admin=("127.0.0.1", admin), connect_timeout=30.0)
     client = redis.Redis.from_url(redis_url)
-    async with Transceiver(config) as transceiver:
+    async with make_transceiver(config) as transceiver:
         assert await _http_get(admin, "/readyz") == 200
         session_id = str(uuid.uuid4())
         ufrag, pwd = credentials()
@@ -269,11 +298,89 @@ async def test_drain_key_stops_new_sessions_waits_for_live_ones_then_drained(
 
 
 async def test_drain_without_sessions_is_immediate_and_resume_cancels(redis_url: str) -> None:
-    async with Transceiver(make_config(redis_url, drain_grace=0.3)) as transceiver:
+    async with make_transceiver(make_config(redis_url, drain_grace=0.3)) as transceiver:
         assert transceiver.sessions is not None
         transceiver.drain("SIGTERM")
         await asyncio.wait_for(transceiver.drained.wait(), 5)  # no sessions: at once
-    async with Transceiver(make_config(redis_url)) as transceiver:
+    async with make_transceiver(make_config(redis_url)) as transceiver:
         transceiver.drain("requested by operator")
         transceiver.resume()
         assert transceiver.ready() and not transceiver.drained.is_set()
+
+
+async def test_an_emptied_redis_gets_back_what_the_transceiver_owns(redis_url: str) -> None:
+    """Redis restarted without its data: the registry entry, heartbeat and held session ids are
+    re-asserted with the next heartbeat (relays accept frames only from registered
+    transceivers, so a lost registry entry would silently break every call)."""
+    from fleet.keys import transceiver_sessions_key
+
+    client = redis.Redis.from_url(redis_url)
+    config = make_config(redis_url, heartbeat_interval=0.2)
+    async with make_transceiver(config) as transceiver:
+        session_id = str(uuid.uuid4())
+        ufrag, pwd = credentials()
+        offerer = Client()
+        await control.request_answer(
+            transceiver_id=config.transceiver_id, session_id=session_id,
+            offer_sdp=await offerer.offer(), ufrag=ufrag, pwd=pwd,
+            relay_public=("127.0.0.1", 9), timeout=5,
+        )
+        client.flushdb()
+        flushed = time.monotonic()
+        key = str(config.transceiver_id).encode()
+        async with asyncio.timeout(5):
+            while client.hget(TRANSCEIVERS_KEY, key) is None:
+                await asyncio.sleep(0.02)
+        took = time.monotonic() - flushed
+        logger.info("registry entry back %.2f s after FLUSHDB", took)
+        assert took < 3 * config.heartbeat_interval
+        assert client.hget(TRANSCEIVERS_KEY, key) == format_addr(transceiver.address).encode()
+        assert client.exists(transceiver_heartbeat_key(config.transceiver_id))
+        assert client.smembers(transceiver_sessions_key(config.transceiver_id)) == {
+            session_id.encode()}
+        await offerer.pc.close()
+    client.close()
+
+
+async def _http_body(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body.strip()
+
+
+async def test_not_ready_while_redis_is_unreachable_but_alive(tmp_path: object) -> None:
+    """Readiness (take traffic?) follows Redis; liveness (restart me?) does not: restarting a
+    transceiver because Redis is away would only kill its calls."""
+    from pathlib import Path
+
+    from signaling_site.redis_server import start_embedded_redis
+    from tests.e2e.conftest import free_port
+
+    workdir = Path(str(tmp_path))
+    own_redis, url = start_embedded_redis(workdir / "redis")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    admin = free_port(socket.SOCK_STREAM)
+    config = make_config(url, admin=("127.0.0.1", admin), heartbeat_interval=0.1)
+    try:
+        async with make_transceiver(config):
+            assert await _http_body(admin, "/readyz") == (200, "ready")
+            own_redis.kill()
+            own_redis.wait(10)
+            killed = time.monotonic()
+            async with asyncio.timeout(5):
+                while (await _http_body(admin, "/readyz"))[0] == 200:
+                    await asyncio.sleep(0.05)
+            logger.info("not ready %.2f s after Redis died", time.monotonic() - killed)
+            status, body = await _http_body(admin, "/readyz")
+            assert status == 503 and "redis" in body, body
+            assert await _http_body(admin, "/livez") == (200, "ok")
+            own_redis, _ = start_embedded_redis(workdir / "redis-again", port=port)
+            async with asyncio.timeout(5):
+                while (await _http_body(admin, "/readyz"))[0] != 200:
+                    await asyncio.sleep(0.05)
+    finally:
+        own_redis.kill()
+        own_redis.wait(10)

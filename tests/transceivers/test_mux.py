@@ -12,19 +12,20 @@ OTHER_CLIENT = ("198.51.100.7", 40000)
 RELAY = ("10.0.0.1", 3478)
 RELAY_2 = ("10.0.0.2", 3478)
 DTLS = b"\x16\xfe\xfd" + b"\x00" * 20
+PWD = "x" * 22
 
 
 def binding_request(username: str) -> bytes:
     message = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
     message.attributes["USERNAME"] = username
-    message.add_message_integrity(b"x" * 22)
+    message.add_message_integrity(PWD.encode())
     return bytes(message)
 
 
 def table() -> MuxTable[str]:
     mux: MuxTable[str] = MuxTable()
-    mux.add("s1", "ufragOne")
-    mux.add("s2", "ufragTwo")
+    mux.add("s1", "ufragOne", PWD)
+    mux.add("s2", "ufragTwo", PWD)
     return mux
 
 
@@ -87,7 +88,7 @@ def test_remove_drops_every_key_of_the_session() -> None:
 
 def test_remove_keeps_a_ufrag_now_owned_by_another_session() -> None:
     mux: MuxTable[str] = MuxTable()
-    mux.add("old", "shared")
+    mux.add("old", "shared", PWD)
     mux._by_ufrag["shared"] = "new"  # reassigned while "old" was closing
     mux.remove("old")
     assert mux.has_ufrag("shared")
@@ -96,12 +97,28 @@ def test_remove_keeps_a_ufrag_now_owned_by_another_session() -> None:
 def test_duplicate_ufrag_or_session_is_refused() -> None:
     mux = table()
     with pytest.raises(ValueError, match="ufrag in use"):
-        mux.add("s3", "ufragOne")
+        mux.add("s3", "ufragOne", PWD)
     with pytest.raises(ValueError, match="session exists"):
-        mux.add("s1", "fresh")
+        mux.add("s1", "fresh", PWD)
 
 
 def test_bad_frames_are_counted() -> None:
     mux = table()
     mux.count_bad_frame()
     assert mux.drops[DropReason.BAD_FRAME] == 1
+
+
+def test_a_live_ufrag_without_the_sessions_signature_binds_nothing() -> None:
+    """A forged or replayed check (wrong password, or MESSAGE-INTEGRITY stripped) from a new
+    source is dropped: only what the session's peer signed learns an address."""
+    mux = table()
+    forged = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    forged.attributes["USERNAME"] = "ufragOne:attacker"
+    forged.add_message_integrity(b"not-the-password")
+    unsigned = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    unsigned.attributes["USERNAME"] = "ufragOne:attacker"
+    assert mux.route(CLIENT, RELAY, bytes(forged)) is None
+    assert mux.route(OTHER_CLIENT, RELAY, bytes(unsigned)) is None
+    assert mux.drops[DropReason.BAD_INTEGRITY] == 2
+    assert mux.addresses("s1") == frozenset()
+    assert mux.route(CLIENT, RELAY, binding_request("ufragOne:client")) == "s1"

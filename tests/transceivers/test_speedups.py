@@ -1,10 +1,20 @@
-"""The numpy audio level equals aiortc's for every kind of frame a transceiver sends."""
+"""The numpy audio level equals aiortc's for every kind of frame a transceiver sends; the mono
+codec keeps a tone; audio is encoded and decoded on the event loop, frames in order."""
 
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
 import numpy as np
 import pytest
-from aiortc import rtp
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, codecs, rtp
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 from av import AudioFrame
 
 from transceivers import speedups
@@ -40,7 +50,147 @@ def test_matches_aiortc_on_noise_and_stereo() -> None:
         assert speedups.audio_level_dbov(frame) == STOCK(frame)
 
 
-def test_install_patches_the_module_aiortc_senders_call(monkeypatch: pytest.MonkeyPatch) -> None:
+def _patched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rtp, "compute_audio_level_dbov", STOCK)
+    monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", codecs.get_encoder)
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "get_decoder", codecs.get_decoder)
+    monkeypatch.setattr(aiortc.rtcrtpsender.RTCRtpSender, "__init__",
+                        aiortc.rtcrtpsender.RTCRtpSender.__init__)
+    monkeypatch.setattr(aiortc.rtcrtpreceiver.RTCRtpReceiver, "__init__",
+                        aiortc.rtcrtpreceiver.RTCRtpReceiver.__init__)
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "decoder_worker",
+                        aiortc.rtcrtpreceiver.decoder_worker)
+
+
+def test_install_patches_the_module_aiortc_senders_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    _patched(monkeypatch)
+    monkeypatch.delenv("TRANSCEIVER_MONO_OPUS", raising=False)
     speedups.install()
     assert rtp.compute_audio_level_dbov is speedups.audio_level_dbov
+    assert aiortc.rtcrtpsender.get_encoder is speedups.get_voice_encoder
+    assert aiortc.rtcrtpreceiver.get_decoder is speedups.get_voice_decoder
+
+
+def test_mono_opus_switch_keeps_aiortcs_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    _patched(monkeypatch)
+    monkeypatch.setenv("TRANSCEIVER_MONO_OPUS", "0")
+    speedups.install()
+    assert aiortc.rtcrtpsender.get_encoder is codecs.get_encoder
+    assert aiortc.rtcrtpreceiver.get_decoder is codecs.get_decoder
+
+
+async def _per_kind(part: Callable[[RTCRtpTransceiver], object]) -> dict[str, object]:
+    """``part`` of a fresh audio and a fresh video transceiver, by kind."""
+    pc = RTCPeerConnection()
+    try:
+        return {kind: part(pc.addTransceiver(kind)) for kind in ("audio", "video")}
+    finally:
+        await pc.close()
+
+
+async def _sender_loops() -> dict[str, object]:
+    return await _per_kind(lambda t: t.sender._RTCRtpSender__loop)  # type: ignore[attr-defined]
+
+
+async def test_audio_senders_encode_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    _patched(monkeypatch)
+    monkeypatch.delenv("TRANSCEIVER_INLINE_ENCODE", raising=False)
+    speedups.install()
+    loops = await _sender_loops()
+    assert isinstance(loops["audio"], speedups.InlineEncodeLoop)
+    assert not isinstance(loops["video"], speedups.InlineEncodeLoop)
+    monkeypatch.setenv("TRANSCEIVER_INLINE_ENCODE", "0")
+    speedups.install()
+    assert not isinstance((await _sender_loops())["audio"], speedups.InlineEncodeLoop)
+
+
+async def test_inline_loop_returns_the_result_or_the_error() -> None:
+    inline = speedups.InlineEncodeLoop(asyncio.get_running_loop())
+    assert await inline.run_in_executor(None, divmod, 7, 2) == (3, 1)
+    with pytest.raises(ZeroDivisionError):
+        await inline.run_in_executor(None, divmod, 1, 0)
+    assert inline.is_running() and inline.create_future().get_loop() is asyncio.get_running_loop()
+
+
+def _peak_hz(frames: list[AudioFrame]) -> float:
+    samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0]
+                              for f in frames]).astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / 48_000)[int(spectrum.argmax())])
+
+
+@pytest.mark.parametrize(("encoder", "decoder"), [
+    (speedups.VoiceOpusEncoder, OpusDecoder),  # what a caller decodes from us
+    (OpusEncoder, speedups.VoiceOpusDecoder),  # a caller's stereo stream, decoded mono
+    (speedups.VoiceOpusEncoder, speedups.VoiceOpusDecoder),
+])
+def test_voice_opus_keeps_a_tone(encoder: type, decoder: type) -> None:
+    enc, dec = encoder(), decoder()
+    out: list[AudioFrame] = []
+    t = np.arange(960) / 48_000
+    for i in range(25):
+        tone = _frame(np.sin(2 * np.pi * 440 * (t + i * 0.02)) * 8000)
+        tone.pts = i * 960
+        payloads, timestamp = enc.encode(tone)
+        for payload in payloads:
+            out += dec.decode(JitterFrame(payload, timestamp))
+    assert len(out) >= 24
+    if decoder is speedups.VoiceOpusDecoder:
+        assert out[0].layout.name == "mono"
+    assert abs(_peak_hz(out[5:]) - 440) < 10
+
+
+def test_voice_encoder_is_mono_voice_bitrate() -> None:
+    enc = speedups.VoiceOpusEncoder()
+    assert enc.codec.layout.name == "mono"
+    assert enc.codec.bit_rate == speedups.VOICE_BITRATE
+
+
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48_000, channels=2, payloadType=111)
+
+
+async def _decoder_queues() -> dict[str, object]:
+    return await _per_kind(lambda t: t.receiver._RTCRtpReceiver__decoder_queue)  # type: ignore[attr-defined]
+
+
+async def test_audio_receivers_decode_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    _patched(monkeypatch)
+    monkeypatch.delenv("TRANSCEIVER_INLINE_DECODE", raising=False)
+    speedups.install()
+    queues = await _decoder_queues()
+    assert isinstance(queues["audio"], speedups.InlineDecodeQueue)
+    assert isinstance(queues["video"], queue.Queue)
+    monkeypatch.setenv("TRANSCEIVER_INLINE_DECODE", "0")
+    speedups.install()
+    assert isinstance((await _decoder_queues())["audio"], queue.Queue)
+
+
+async def test_inline_decode_feeds_the_track_in_order_and_ends_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _patched(monkeypatch)
+    speedups.install(inline_decode=True)
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("audio").receiver
+        receiver._track = aiortc.rtcrtpreceiver.RemoteStreamTrack("audio")
+        decoders = threading.active_count()
+        await receiver.receive(RTCRtpReceiveParameters(codecs=[OPUS]))
+        inline = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+        enc, t = speedups.VoiceOpusEncoder(), np.arange(960) / 48_000
+        for i in range(25):
+            tone = _frame(np.sin(2 * np.pi * 440 * (t + i * 0.02)) * 8000)
+            tone.pts = i * 960
+            payloads, timestamp = enc.encode(tone)
+            inline.put((OPUS, JitterFrame(payloads[0], timestamp)))
+        inline.put((OPUS, JitterFrame(b"\xff\xff\xff", 25 * 960)))  # undecodable: skipped
+        assert receiver._RTCRtpReceiver__decoder_error.is_set()  # type: ignore[attr-defined]
+        inline.put(None)
+        out = [await receiver.track.recv() for _ in range(25)]
+        assert [f.pts for f in out] == [i * 960 for i in range(25)]
+        assert abs(_peak_hz(out[5:]) - 440) < 10
+        with pytest.raises(MediaStreamError):
+            await receiver.track.recv()
+        await asyncio.sleep(0.05)  # the receiver's thread had nothing to do and is gone
+        assert threading.active_count() <= decoders
+    finally:
+        await pc.close()

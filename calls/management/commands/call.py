@@ -7,9 +7,10 @@ import time
 from argparse import ArgumentParser
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from calls.whip_client import Call, WhipError
+from whip.client import Call, WhipError
 
 MIN_ECHO = 0.9
 
@@ -21,15 +22,18 @@ class Command(BaseCommand):
         parser.add_argument("url", nargs="?", default="http://127.0.0.1:8000")
         parser.add_argument("--seconds", type=float, default=5.0)
         parser.add_argument("--region", default=None)
+        parser.add_argument("--token", default=None,
+                            help="API key or client secret (default: $WHIP_TOKEN)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        token = options["token"] or settings.WHIP_TOKEN or None
         try:
-            asyncio.run(self._call(options["url"], options["seconds"], options["region"]))
+            asyncio.run(self._call(options["url"], options["seconds"], options["region"], token))
         except (WhipError, TimeoutError, OSError) as exc:
             raise CommandError(f"call failed: {exc}") from exc
 
-    async def _call(self, url: str, seconds: float, region: str | None) -> None:
-        call = Call(url, seconds=seconds, region=region)
+    async def _call(self, url: str, seconds: float, region: str | None, token: str | None) -> None:
+        call = Call(url, seconds=seconds, region=region, token=token)
         await call.start()
         try:
             await call.wait_connected()
