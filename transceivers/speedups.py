@@ -24,11 +24,19 @@ An ``RTCRtpReceiver`` decodes on a thread of its own: each complete frame goes t
 on the event loop, straight into the track's queue; the receiver's thread then exits at once
 (``TRANSCEIVER_INLINE_DECODE=0`` keeps the thread; video receivers always keep it). The agent
 still receives decoded audio frames, in the same order.
+
+``DirectOpusEncoder`` / ``DirectOpusDecoder`` are the mono voice codec on libopus called through
+ctypes (``transceivers/libopus.py``) instead of PyAV's ``CodecContext``, whose ``encode`` runs a
+resampler graph of its own on every frame: same libopus, same settings, the same packets byte
+for byte and the same decoded samples, RTP timestamps as aiortc's encoder computes them. Used
+when libopus loads (PyAV's bundled copy, else the system's), else PyAV;
+``TRANSCEIVER_DIRECT_OPUS=0`` keeps PyAV.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import math
 import os
@@ -43,8 +51,13 @@ from aiortc import codecs, rtp
 from aiortc.codecs.base import Decoder, Encoder
 from aiortc.codecs.opus import SAMPLE_RATE, SAMPLES_PER_FRAME, TIME_BASE, OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import convert_timebase
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import AudioFrame, AudioResampler, CodecContext
+from av.frame import Frame
+from av.packet import Packet
+
+from transceivers import libopus
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +134,74 @@ class VoiceOpusDecoder(OpusDecoder):
         self.codec.sample_rate = SAMPLE_RATE
 
 
+class DirectOpusEncoder(Encoder):
+    """``VoiceOpusEncoder`` on libopus directly: the same packets (mono, ``VOICE_BITRATE``,
+    ``voip``) and the same RTP timestamps, without PyAV's per-frame resampler graph.
+
+    The timestamps as aiortc's encoder gets them from FFmpeg: a packet's is where the audio it
+    decodes to began, which libopus's lookahead (312 samples, less than a frame) puts in the
+    previous frame: the end of the previous frame (its ``pts`` plus its samples), less the
+    first frame's ``pts`` (so 0 for the first packet, and a jump in ``pts`` shows one packet
+    later). A frame without ``pts`` counts on from the previous one."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._opus = libopus.Encoder(lib, SAMPLE_RATE, 1, VOICE_BITRATE)
+        self.resampler = VoiceResampler()
+        self._first_pts: int | None = None
+        self._end = 0  # pts just past the previous frame
+
+    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        assert isinstance(frame, AudioFrame)
+        assert frame.format.name == "s16"
+        assert frame.layout.name in ["mono", "stereo"]
+        payloads = []
+        timestamp = None
+        for chunk in self.resampler.resample(frame):  # 20 ms each
+            pts = self._end if chunk.pts is None else chunk.pts
+            if timestamp is None:
+                if self._first_pts is None:
+                    self._first_pts = self._end = pts
+                timestamp = self._end - self._first_pts
+            self._end = pts + chunk.samples
+            payloads.append(self._opus.encode(chunk.planes[0].buffer_ptr, chunk.samples))
+        if timestamp is None:  # the resampler holds the samples back
+            return [], None  # type: ignore[return-value]  # aiortc's encoder contract
+        return payloads, timestamp
+
+    def pack(self, packet: Packet) -> tuple[list[bytes], int]:
+        assert packet.pts is not None and packet.time_base is not None
+        return [bytes(packet)], convert_timebase(packet.pts, packet.time_base, TIME_BASE)
+
+
+class DirectOpusDecoder(Decoder):
+    """``VoiceOpusDecoder`` on libopus directly: one s16 mono 48 kHz ``AudioFrame`` per packet,
+    ``pts`` the RTP timestamp (the same samples, frames and ``pts`` as PyAV's); a packet libopus
+    rejects raises ``av.FFmpegError`` (``libopus.OpusError``), as PyAV's decoder does."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._opus = libopus.Decoder(lib, SAMPLE_RATE, 1)
+
+    def decode(self, encoded_frame: JitterFrame) -> list[Frame]:
+        data = encoded_frame.data
+        if not data:
+            return []
+        samples = self._opus.samples(data)
+        frame = AudioFrame(format="s16", layout="mono", samples=samples)
+        self._opus.decode(data, frame.planes[0].buffer_ptr, samples)
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = encoded_frame.timestamp
+        frame.time_base = TIME_BASE
+        return [frame]
+
+
+_direct_lib: ctypes.CDLL | None = None  # libopus for the direct codec (None: PyAV), by install
+
+
 def get_voice_encoder(codec: RTCRtpCodecParameters) -> Encoder:
     """``aiortc.codecs.get_encoder`` with the mono Opus encoder."""
     if codec.mimeType.lower() == "audio/opus":
+        if _direct_lib is not None:
+            return DirectOpusEncoder(_direct_lib)
         return VoiceOpusEncoder()
     return codecs.get_encoder(codec)
 
@@ -131,6 +209,8 @@ def get_voice_encoder(codec: RTCRtpCodecParameters) -> Encoder:
 def get_voice_decoder(codec: RTCRtpCodecParameters) -> Decoder:
     """``aiortc.codecs.get_decoder`` with the mono Opus decoder."""
     if codec.mimeType.lower() == "audio/opus":
+        if _direct_lib is not None:
+            return DirectOpusDecoder(_direct_lib)
         return VoiceOpusDecoder()
     return codecs.get_decoder(codec)
 
@@ -225,13 +305,21 @@ def inline_decode_enabled() -> bool:
     return os.environ.get("TRANSCEIVER_INLINE_DECODE", "1") != "0"
 
 
+def direct_opus_enabled() -> bool:
+    return os.environ.get("TRANSCEIVER_DIRECT_OPUS", "1") != "0"
+
+
 def install(mono_opus: bool | None = None, inline_encode: bool | None = None,
-            inline_decode: bool | None = None) -> None:
+            inline_decode: bool | None = None, direct_opus: bool | None = None) -> None:
     """Make aiortc's RTP senders use ``audio_level_dbov`` and, unless switched off (arguments
     False, defaults ``TRANSCEIVER_MONO_OPUS`` / ``TRANSCEIVER_INLINE_ENCODE`` /
-    ``TRANSCEIVER_INLINE_DECODE``), the mono voice Opus codec, the inline audio encoder and
-    the inline audio decoder (idempotent)."""
+    ``TRANSCEIVER_INLINE_DECODE`` / ``TRANSCEIVER_DIRECT_OPUS``), the mono voice Opus codec
+    (on libopus directly when it loads), the inline audio encoder and the inline audio decoder
+    (idempotent)."""
+    global _direct_lib
     rtp.compute_audio_level_dbov = audio_level_dbov
+    direct = direct_opus_enabled() if direct_opus is None else direct_opus
+    _direct_lib = libopus.load() if direct else None
     inline = inline_encode_enabled() if inline_encode is None else inline_encode
     aiortc.rtcrtpsender.RTCRtpSender.__init__ = (  # type: ignore[method-assign]
         _inline_sender_init if inline else _stock_sender_init)

@@ -2,22 +2,26 @@
 codec keeps a tone; audio is encoded and decoded on the event loop, frames in order."""
 
 import asyncio
+import ctypes.util
+import fractions
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
+import av
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, codecs, rtp
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 from av import AudioFrame
 
-from transceivers import speedups
+from transceivers import libopus, speedups
 
 STOCK = rtp.compute_audio_level_dbov
 
@@ -60,6 +64,7 @@ def _patched(monkeypatch: pytest.MonkeyPatch) -> None:
                         aiortc.rtcrtpreceiver.RTCRtpReceiver.__init__)
     monkeypatch.setattr(aiortc.rtcrtpreceiver, "decoder_worker",
                         aiortc.rtcrtpreceiver.decoder_worker)
+    monkeypatch.setattr(speedups, "_direct_lib", speedups._direct_lib)
 
 
 def test_install_patches_the_module_aiortc_senders_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,6 +117,19 @@ async def test_inline_loop_returns_the_result_or_the_error() -> None:
     assert inline.is_running() and inline.create_future().get_loop() is asyncio.get_running_loop()
 
 
+LIBOPUS = libopus.load()
+if LIBOPUS is None:
+    raise RuntimeError("no libopus: PyAV's wheel bundles one (see transceivers/libopus.py)")
+
+
+def DIRECT_ENCODER() -> speedups.DirectOpusEncoder:  # noqa: N802 (a codec class's stand-in)
+    return speedups.DirectOpusEncoder(LIBOPUS)
+
+
+def DIRECT_DECODER() -> speedups.DirectOpusDecoder:  # noqa: N802
+    return speedups.DirectOpusDecoder(LIBOPUS)
+
+
 def _peak_hz(frames: list[AudioFrame]) -> float:
     samples = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0]
                               for f in frames]).astype(np.float64)
@@ -123,8 +141,11 @@ def _peak_hz(frames: list[AudioFrame]) -> float:
     (speedups.VoiceOpusEncoder, OpusDecoder),  # what a caller decodes from us
     (OpusEncoder, speedups.VoiceOpusDecoder),  # a caller's stereo stream, decoded mono
     (speedups.VoiceOpusEncoder, speedups.VoiceOpusDecoder),
+    (DIRECT_ENCODER, OpusDecoder),
+    (OpusEncoder, DIRECT_DECODER),
+    (DIRECT_ENCODER, DIRECT_DECODER),  # libopus both ways, no PyAV codec
 ])
-def test_voice_opus_keeps_a_tone(encoder: type, decoder: type) -> None:
+def test_voice_opus_keeps_a_tone(encoder: Callable[[], Any], decoder: Callable[[], Any]) -> None:
     enc, dec = encoder(), decoder()
     out: list[AudioFrame] = []
     t = np.arange(960) / 48_000
@@ -135,7 +156,7 @@ def test_voice_opus_keeps_a_tone(encoder: type, decoder: type) -> None:
         for payload in payloads:
             out += dec.decode(JitterFrame(payload, timestamp))
     assert len(out) >= 24
-    if decoder is speedups.VoiceOpusDecoder:
+    if decoder in (speedups.VoiceOpusDecoder, DIRECT_DECODER):
         assert out[0].layout.name == "mono"
     assert abs(_peak_hz(out[5:]) - 440) < 10
 
@@ -194,3 +215,116 @@ async def test_inline_decode_feeds_the_track_in_order_and_ends_it(
         assert threading.active_count() <= decoders
     finally:
         await pc.close()
+
+
+def _tones(count: int, channels: int = 1, samples: int = 960) -> list[AudioFrame]:
+    """A 440 Hz tone with a little noise, in ``count`` frames; the pts skip 3 frames' worth
+    half-way (a gap in what the agent returns)."""
+    rng = np.random.default_rng(7)
+    frames = []
+    for i in range(count):
+        t = (np.arange(samples) + i * samples) / 48_000
+        mono = np.sin(2 * np.pi * 440 * t) * 8000 + rng.normal(0, 300, samples)
+        frame = _frame(np.repeat(mono, channels), layout="stereo" if channels == 2 else "mono")
+        frame.pts = 1000 + i * samples + (3 * samples if i >= count // 2 else 0)
+        frames.append(frame)
+    return frames
+
+
+@pytest.mark.parametrize(("channels", "samples"), [(1, 960), (2, 960), (1, 480), (2, 1440)])
+def test_direct_encoder_sends_what_pyav_sends(channels: int, samples: int) -> None:
+    """Same payloads byte for byte and the same RTP timestamps as the PyAV voice encoder, for
+    frames the resampler passes through (mono 20 ms), converts (stereo) or re-chunks (10 and
+    30 ms: some calls return no packet, ``([], None)``, as aiortc's contract has it)."""
+    pyav, direct = speedups.VoiceOpusEncoder(), DIRECT_ENCODER()
+    sent = 0
+    for frame in _tones(40, channels, samples):
+        expected = pyav.encode(frame)
+        assert direct.encode(frame) == expected
+        sent += len(expected[0])
+    assert sent >= 40 * samples // 960 - 1
+
+
+def test_direct_decoder_returns_what_pyav_returns() -> None:
+    """Same samples, layout, rate and pts as the PyAV voice decoder, for a mono stream (ours)
+    and a stereo one (aiortc's, as a caller sends), then the same error for a bad packet."""
+    for encoder in (speedups.VoiceOpusEncoder(), OpusEncoder()):
+        pyav, direct = speedups.VoiceOpusDecoder(), DIRECT_DECODER()
+        for frame in _tones(30, channels=2):
+            payloads, timestamp = encoder.encode(frame)
+            packet = JitterFrame(payloads[0], 5000 + timestamp)
+            [want], [got] = pyav.decode(packet), direct.decode(packet)
+            assert (got.pts, got.time_base, got.sample_rate, got.samples, got.format.name,
+                    got.layout.name) == (want.pts, want.time_base, want.sample_rate,
+                                         want.samples, want.format.name, want.layout.name)
+            assert np.array_equal(got.to_ndarray(), want.to_ndarray())
+    for decoder in (speedups.VoiceOpusDecoder(), DIRECT_DECODER()):
+        with pytest.raises(av.FFmpegError):
+            decoder.decode(JitterFrame(b"\xff\xff\xff", 0))
+
+
+async def test_direct_codec_through_aiortcs_sender_and_receiver(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real aiortc call, both ends on the transceiver's codec as installed (libopus direct):
+    the receiving end gets the tone, mono, with RTP timestamps 20 ms apart."""
+    _patched(monkeypatch)
+    monkeypatch.delenv("TRANSCEIVER_DIRECT_OPUS", raising=False)
+    speedups.install(mono_opus=True, inline_encode=True, inline_decode=True)
+    assert isinstance(aiortc.rtcrtpsender.get_encoder(OPUS), speedups.DirectOpusEncoder)
+    caller, callee = RTCPeerConnection(), RTCPeerConnection()
+    tones = iter(_tones(200))
+    received: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+
+    class Tone(MediaStreamTrack):
+        kind = "audio"
+
+        async def recv(self) -> AudioFrame:
+            await asyncio.sleep(0.02)
+            frame = next(tones)
+            frame.pts = frame.pts - 1000  # continuous: the receiver's timestamps are checked
+            frame.time_base = fractions.Fraction(1, 48_000)
+            return frame
+
+    callee.on("track", received.put_nowait)
+    try:
+        caller.addTrack(Tone())
+        await caller.setLocalDescription(await caller.createOffer())
+        await callee.setRemoteDescription(caller.localDescription)
+        await callee.setLocalDescription(await callee.createAnswer())
+        await caller.setRemoteDescription(callee.localDescription)
+        track = await asyncio.wait_for(received.get(), 10)
+        out = [await asyncio.wait_for(track.recv(), 10) for _ in range(40)]
+    finally:
+        await caller.close()
+        await callee.close()
+    assert all(f.layout.name == "mono" and f.sample_rate == 48_000 for f in out)
+    assert np.diff([f.pts for f in out]).tolist() == [960] * 39
+    assert abs(_peak_hz(out[10:]) - 440) < 10
+
+
+def test_direct_opus_falls_back_to_pyav(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a loadable libopus (a missing file, a library without Opus's symbols) or with
+    ``TRANSCEIVER_DIRECT_OPUS=0``, the voice codec is PyAV's; with it, libopus direct."""
+    _patched(monkeypatch)
+    libc = ctypes.util.find_library("c")
+    assert libc is not None
+    assert libopus.load_from(["/nonexistent/libopus.so.0", libc]) is None
+    assert libopus.load_from([libc, *libopus.candidates()]) is not None
+    assert "av.libs" in libopus.candidates()[0]  # PyAV's bundled copy first
+    monkeypatch.delenv("TRANSCEIVER_DIRECT_OPUS", raising=False)
+    speedups.install(mono_opus=True)
+    assert isinstance(aiortc.rtcrtpsender.get_encoder(OPUS), speedups.DirectOpusEncoder)
+    assert isinstance(aiortc.rtcrtpreceiver.get_decoder(OPUS), speedups.DirectOpusDecoder)
+    monkeypatch.setenv("TRANSCEIVER_DIRECT_OPUS", "0")
+    speedups.install(mono_opus=True)
+    assert type(aiortc.rtcrtpsender.get_encoder(OPUS)) is speedups.VoiceOpusEncoder
+    assert type(aiortc.rtcrtpreceiver.get_decoder(OPUS)) is speedups.VoiceOpusDecoder
+    monkeypatch.delenv("TRANSCEIVER_DIRECT_OPUS")
+    monkeypatch.setattr(libopus, "candidates", lambda: ["/nonexistent/libopus.so.0", libc])
+    libopus.load.cache_clear()
+    try:
+        speedups.install(mono_opus=True)
+    finally:
+        libopus.load.cache_clear()
+    assert type(aiortc.rtcrtpsender.get_encoder(OPUS)) is speedups.VoiceOpusEncoder
+    assert type(aiortc.rtcrtpreceiver.get_decoder(OPUS)) is speedups.VoiceOpusDecoder
