@@ -11,7 +11,7 @@ import time
 from bench.common import Row, conditions, format_table, write
 
 BENCHMARKS = ("relay", "tcp", "signaling", "setup", "setup_loss", "ffmpeg_setup", "capacity",
-              "flows")
+              "capacity_ab", "flows")
 
 
 def main() -> None:

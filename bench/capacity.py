@@ -120,6 +120,8 @@ class Step:
     jitter_p99_ms: float  # over every client's frame intervals
     transceiver_cpu: float  # share of one core
     client_cpu: float
+    echoed: int = 0  # echoed RTP packets (20 ms frames) the clients received in the window
+    window: float = 0.0  # seconds
 
     @property
     def ok(self) -> bool:
@@ -155,13 +157,14 @@ async def step(base_url: str, sessions: int, window: float, xcvr: psutil.Process
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     expected = (t1 - t0) / FRAME_S
-    losses, gaps = [], []
+    losses, gaps, echoed = [], [], 0
     for client in clients:
         inside = [t for t in client.times if t0 <= t < t1]
+        echoed += len(inside)
         losses.append(max(0.0, 1 - len(inside) / expected))
         gaps += [abs((b - a) - FRAME_S) * 1000 for a, b in zip(inside, inside[1:], strict=False)]
     return Step(sessions, max(losses), percentile(gaps, 99), (x1 - x0) / (t1 - t0),
-                (c1 - c0) / (t1 - t0))
+                (c1 - c0) / (t1 - t0), echoed, t1 - t0)
 
 
 def _transceiver(children: dict[str, int]) -> psutil.Process:

@@ -7,10 +7,10 @@ PyAV's wheel bundles (``av.libs/libopus-*.so*``, next to ``av``'s package), else
 (``ctypes.util.find_library("opus")``); ``load()`` returns None when neither loads and the
 caller keeps PyAV.
 
-Only the calls a mono voice codec needs: ``opus_encoder_create`` / ``opus_encode`` /
-``opus_encoder_ctl`` and ``opus_decoder_create`` / ``opus_decode`` /
-``opus_packet_get_nb_samples``. With the ctl values FFmpeg's ``libopusenc`` applies (see
-``Encoder``), the packets are byte for byte PyAV's.
+Only the calls a voice encoder needs (``opus_encoder_create`` / ``opus_encode`` /
+``opus_encoder_ctl``). With the ctl values FFmpeg's ``libopusenc`` applies (see ``Encoder``),
+the packets are byte for byte PyAV's. (Decoding stays on PyAV: it has no such graph, and
+libopus through ctypes measured no cheaper.)
 """
 
 from __future__ import annotations
@@ -71,15 +71,6 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
                                 ctypes.c_char_p, ctypes.c_int32]
     lib.opus_encode.restype = ctypes.c_int32
     lib.opus_encoder_ctl.restype = ctypes.c_int  # variadic: arguments passed as c_int
-    lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, _c_int_p]
-    lib.opus_decoder_create.restype = ctypes.c_void_p
-    lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
-    lib.opus_decoder_destroy.restype = None
-    lib.opus_decode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32,
-                                ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    lib.opus_decode.restype = ctypes.c_int
-    lib.opus_packet_get_nb_samples.argtypes = [ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32]
-    lib.opus_packet_get_nb_samples.restype = ctypes.c_int
     return lib
 
 
@@ -135,39 +126,4 @@ class Encoder:
         handle = getattr(self, "_handle", None)
         if handle:
             self._lib.opus_encoder_destroy(handle)
-            self._handle = None
-
-
-class Decoder:
-    """One libopus decoder (a stereo stream decoded to fewer channels is downmixed by libopus,
-    as it is under FFmpeg's ``libopusdec``)."""
-
-    def __init__(self, lib: ctypes.CDLL, sample_rate: int, channels: int) -> None:
-        self._lib = lib
-        self._rate = sample_rate
-        error = ctypes.c_int()
-        handle = lib.opus_decoder_create(sample_rate, channels, ctypes.byref(error))
-        if not handle:
-            raise OpusError("opus_decoder_create", error.value, lib)
-        self._handle: ctypes.c_void_p | None = ctypes.c_void_p(handle)
-
-    def samples(self, packet: bytes) -> int:
-        """Samples per channel ``packet`` decodes to."""
-        count = self._lib.opus_packet_get_nb_samples(packet, len(packet), self._rate)
-        if count < 0:
-            raise OpusError("opus_packet_get_nb_samples", count, self._lib)
-        return int(count)
-
-    def decode(self, packet: bytes, pcm: int, samples: int) -> int:
-        """Decode ``packet`` into room for ``samples`` s16 samples per channel at ``pcm``;
-        returns the samples per channel written."""
-        count = self._lib.opus_decode(self._handle, packet, len(packet), pcm, samples, 0)
-        if count < 0:
-            raise OpusError("opus_decode", count, self._lib)
-        return int(count)
-
-    def __del__(self) -> None:
-        handle = getattr(self, "_handle", None)
-        if handle:
-            self._lib.opus_decoder_destroy(handle)
             self._handle = None

@@ -25,12 +25,13 @@ on the event loop, straight into the track's queue; the receiver's thread then e
 (``TRANSCEIVER_INLINE_DECODE=0`` keeps the thread; video receivers always keep it). The agent
 still receives decoded audio frames, in the same order.
 
-``DirectOpusEncoder`` / ``DirectOpusDecoder`` are the mono voice codec on libopus called through
-ctypes (``transceivers/libopus.py``) instead of PyAV's ``CodecContext``, whose ``encode`` runs a
+``DirectOpusEncoder`` is the mono voice encoder on libopus called through ctypes
+(``transceivers/libopus.py``) instead of PyAV's ``CodecContext``, whose ``encode`` runs a
 resampler graph of its own on every frame: same libopus, same settings, the same packets byte
-for byte and the same decoded samples, RTP timestamps as aiortc's encoder computes them. Used
-when libopus loads (PyAV's bundled copy, else the system's), else PyAV;
-``TRANSCEIVER_DIRECT_OPUS=0`` keeps PyAV.
+for byte and the same RTP timestamps. Used when libopus loads (PyAV's bundled copy, else the
+system's), else PyAV; ``TRANSCEIVER_DIRECT_OPUS=0`` keeps PyAV. Decoding stays on PyAV: libopus
+through ctypes measured no cheaper (PyAV's decode has no such graph; making the ``AudioFrame``
+costs what PyAV's wrapping did).
 """
 
 from __future__ import annotations
@@ -173,27 +174,6 @@ class DirectOpusEncoder(Encoder):
         return [bytes(packet)], convert_timebase(packet.pts, packet.time_base, TIME_BASE)
 
 
-class DirectOpusDecoder(Decoder):
-    """``VoiceOpusDecoder`` on libopus directly: one s16 mono 48 kHz ``AudioFrame`` per packet,
-    ``pts`` the RTP timestamp (the same samples, frames and ``pts`` as PyAV's); a packet libopus
-    rejects raises ``av.FFmpegError`` (``libopus.OpusError``), as PyAV's decoder does."""
-
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._opus = libopus.Decoder(lib, SAMPLE_RATE, 1)
-
-    def decode(self, encoded_frame: JitterFrame) -> list[Frame]:
-        data = encoded_frame.data
-        if not data:
-            return []
-        samples = self._opus.samples(data)
-        frame = AudioFrame(format="s16", layout="mono", samples=samples)
-        self._opus.decode(data, frame.planes[0].buffer_ptr, samples)
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = encoded_frame.timestamp
-        frame.time_base = TIME_BASE
-        return [frame]
-
-
 _direct_lib: ctypes.CDLL | None = None  # libopus for the direct codec (None: PyAV), by install
 
 
@@ -209,8 +189,6 @@ def get_voice_encoder(codec: RTCRtpCodecParameters) -> Encoder:
 def get_voice_decoder(codec: RTCRtpCodecParameters) -> Decoder:
     """``aiortc.codecs.get_decoder`` with the mono Opus decoder."""
     if codec.mimeType.lower() == "audio/opus":
-        if _direct_lib is not None:
-            return DirectOpusDecoder(_direct_lib)
         return VoiceOpusDecoder()
     return codecs.get_decoder(codec)
 

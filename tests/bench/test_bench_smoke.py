@@ -88,3 +88,11 @@ def test_coturn_relays_channel_data_of_a_bench_allocation() -> None:
 
     rate, _, _ = throughput("coturn", ports=4, seconds=1.2)
     assert rate > 0
+
+
+def test_codec_costs_measure_both_voice_codecs() -> None:
+    from bench.capacity_ab import codec_costs
+
+    costs = codec_costs(frames=3, rounds=1)
+    assert set(costs) == {"pyav", "direct"}
+    assert all(cost > 0 for cost in costs.values())

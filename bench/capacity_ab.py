@@ -1,0 +1,122 @@
+"""Transceiver CPU per echoed frame, variant against variant in the same run.
+
+Every variant is its own edge (``manage.py up`` with the variant's environment), all up at
+once; echo sessions (the capacity benchmark's clients, in this process) go to one edge at a
+time, rounds interleaved A B B A ... so drifting machine load falls on each variant alike. The
+figure is the transceiver process's CPU time over the window divided by the echoed frames the
+clients received in it (so a variant is not flattered by frames it lost), and the % of a core
+one session costs at 50 frames/s. Not pinned (as the README's transceiver figures).
+
+Variants: the voice codec on libopus directly (``TRANSCEIVER_DIRECT_OPUS``, the default) and on
+PyAV's ``CodecContext`` (``TRANSCEIVER_DIRECT_OPUS=0``); and, in this process, encode
+microseconds per 20 ms frame of both encoders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+from aiortc import rtp
+from aiortc.codecs.base import Encoder
+from av import AudioFrame
+
+from bench.capacity import FRAME_S, Step, _transceiver, step
+from bench.common import Row, write
+from transceivers import libopus, speedups
+
+VARIANTS = {"pyav": {"TRANSCEIVER_DIRECT_OPUS": "0"}, "direct": {"TRANSCEIVER_DIRECT_OPUS": "1"}}
+
+
+def _tone_frames(count: int) -> list[AudioFrame]:
+    frames = []
+    for i in range(count):
+        t = (np.arange(960) + i * 960) / 48_000
+        samples = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
+        frame = AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48_000, i * 960
+        frames.append(frame)
+    return frames
+
+
+def codec_costs(frames: int = 500, rounds: int = 15) -> dict[str, float]:
+    """{"pyav"|"direct": encode us/frame}: this thread's CPU time, the least of interleaved
+    rounds (the round other work on the machine disturbed least)."""
+    lib = libopus.load()
+    if lib is None:
+        raise RuntimeError("no libopus to compare with")
+    tones = _tone_frames(frames)
+    makers: dict[str, Callable[[], Encoder]] = {
+        "pyav": speedups.VoiceOpusEncoder, "direct": lambda: speedups.DirectOpusEncoder(lib)}
+    costs: dict[str, list[float]] = {name: [] for name in makers}
+    for _ in range(rounds):
+        for name, make in makers.items():
+            encoder = make()
+            started = time.thread_time()
+            for frame in tones:
+                encoder.encode(frame)
+            costs[name].append((time.thread_time() - started) / frames * 1e6)
+    return {name: min(values) for name, values in costs.items()}
+
+
+def us_per_frame(result: Step) -> float:
+    return result.transceiver_cpu * result.window / max(result.echoed, 1) * 1e6
+
+
+async def rounds(sessions: int, window: float, count: int) -> dict[str, list[Step]]:
+    from bench.edge import other_edge
+
+    edges = {name: other_edge(f"ab-{name}", env) for name, env in VARIANTS.items()}
+    xcvrs = {name: _transceiver(edge.children()) for name, edge in edges.items()}
+    rtp.compute_audio_level_dbov = speedups.audio_level_dbov  # spare the clients, as capacity
+    names = list(VARIANTS)
+    results: dict[str, list[Step]] = {name: [] for name in names}
+    for i in range(count):
+        for name in names if i % 2 == 0 else names[::-1]:
+            for attempt in range(3):  # a loaded machine can leave the fleet view stale
+                try:
+                    result = await step(edges[name].base_url, sessions, window, xcvrs[name])
+                    break
+                except RuntimeError as exc:
+                    write(f"#   {name}: attempt {attempt + 1} failed: {exc}"[:200])
+                    await asyncio.sleep(5.0)
+            else:
+                raise RuntimeError(f"{name}: no session step in 3 attempts")
+            results[name].append(result)
+            write(f"#   {name}: {sessions} sessions, {us_per_frame(result):.0f} us/frame, "
+                  f"loss {result.loss:.2%}, p99 {result.jitter_p99_ms:.1f} ms, "
+                  f"xcvr {result.transceiver_cpu:.0%}")
+            await asyncio.sleep(1.0)
+    return results
+
+
+def run(quick: bool) -> list[Row]:
+    stock_level = rtp.compute_audio_level_dbov
+    costs = codec_costs(100 if quick else 500)
+    try:
+        results = asyncio.run(rounds(3 if quick else 10, 2.0 if quick else 10.0,
+                                     2 if quick else 8))
+    finally:
+        rtp.compute_audio_level_dbov = stock_level
+    us = {name: [us_per_frame(r) for r in steps] for name, steps in results.items()}
+    mean = {name: statistics.mean(values) for name, values in us.items()}
+    rows = []
+    for name, steps in results.items():
+        core = mean[name] / FRAME_S / 1e4  # % of a core for one session's 50 frames/s
+        rows.append(Row(
+            f"capacity A/B: {name} transceiver CPU per echoed frame", mean[name], "us",
+            baseline=None if name == "pyav" else mean["pyav"],
+            ratio=None if name == "pyav" else mean[name] / mean["pyav"],
+            note=f"rounds {', '.join(f'{v:.0f}' for v in us[name])}; {core:.2f} % core/session "
+                 f"(~{100 / core:.0f} sessions/core); worst loss "
+                 f"{max(s.loss for s in steps):.2%}, p99 jitter "
+                 f"{max(s.jitter_p99_ms for s in steps):.1f} ms; {steps[0].sessions} sessions"))
+    rows.append(Row(
+        "capacity A/B: voice Opus encode per 20 ms frame, direct", costs["direct"], "us",
+        baseline=costs["pyav"], ratio=costs["direct"] / costs["pyav"],
+        note="same process, thread CPU time, least of 15 interleaved rounds of 500 frames; "
+             "baseline: PyAV CodecContext"))
+    return rows
