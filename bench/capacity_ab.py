@@ -24,7 +24,7 @@ from aiortc import rtp
 from aiortc.codecs.base import Encoder
 from av import AudioFrame
 
-from bench.capacity import FRAME_S, Step, _transceiver, step
+from bench.capacity import FRAME_S, MAX_LOSS, Step, _transceiver, step
 from bench.common import Row, write
 from transceivers import libopus, speedups
 
@@ -84,7 +84,8 @@ async def rounds(sessions: int, window: float, count: int) -> dict[str, list[Ste
                     write(f"#   {name}: attempt {attempt + 1} failed: {exc}"[:200])
                     await asyncio.sleep(5.0)
             else:
-                raise RuntimeError(f"{name}: no session step in 3 attempts")
+                write(f"#   {name}: round skipped (no step in 3 attempts)")
+                continue
             results[name].append(result)
             write(f"#   {name}: {sessions} sessions, {us_per_frame(result):.0f} us/frame, "
                   f"loss {result.loss:.2%}, p99 {result.jitter_p99_ms:.1f} ms, "
@@ -101,19 +102,25 @@ def run(quick: bool) -> list[Row]:
                                      2 if quick else 8))
     finally:
         rtp.compute_audio_level_dbov = stock_level
-    us = {name: [us_per_frame(r) for r in steps] for name, steps in results.items()}
-    mean = {name: statistics.mean(values) for name, values in us.items()}
+    if not all(results.values()):
+        raise RuntimeError(f"a variant has no measured round: {results}")
     rows = []
     for name, steps in results.items():
-        core = mean[name] / FRAME_S / 1e4  # % of a core for one session's 50 frames/s
+        # a window the clients lost frames in (a machine busy with other work) counts frames
+        # the transceiver did send as not echoed: such windows are listed, not averaged
+        kept = [s for s in steps if s.loss < MAX_LOSS] or steps
+        mean = statistics.mean(us_per_frame(s) for s in kept)
+        pyav = [s for s in results["pyav"] if s.loss < MAX_LOSS] or results["pyav"]
+        base = statistics.mean(us_per_frame(s) for s in pyav)
+        core = mean / FRAME_S / 1e4  # % of a core for one session's 50 frames/s
+        rounds_text = ", ".join(f"{us_per_frame(s):.0f}" + ("" if s in kept else
+                                f" (loss {s.loss:.0%})") for s in steps)
         rows.append(Row(
-            f"capacity A/B: {name} transceiver CPU per echoed frame", mean[name], "us",
-            baseline=None if name == "pyav" else mean["pyav"],
-            ratio=None if name == "pyav" else mean[name] / mean["pyav"],
-            note=f"rounds {', '.join(f'{v:.0f}' for v in us[name])}; {core:.2f} % core/session "
-                 f"(~{100 / core:.0f} sessions/core); worst loss "
-                 f"{max(s.loss for s in steps):.2%}, p99 jitter "
-                 f"{max(s.jitter_p99_ms for s in steps):.1f} ms; {steps[0].sessions} sessions"))
+            f"capacity A/B: {name} transceiver CPU per echoed frame", mean, "us",
+            baseline=None if name == "pyav" else base,
+            ratio=None if name == "pyav" else mean / base,
+            note=f"rounds {rounds_text}; mean of the {len(kept)} with loss < 1 %: {core:.2f} % "
+                 f"core/session (~{100 / core:.0f} sessions/core); {steps[0].sessions} sessions"))
     rows.append(Row(
         "capacity A/B: voice Opus encode per 20 ms frame, direct", costs["direct"], "us",
         baseline=costs["pyav"], ratio=costs["direct"] / costs["pyav"],
