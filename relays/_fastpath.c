@@ -10,6 +10,11 @@
  * mirrors every learn/re-point/confirm/removal of the pure core's FlowTable into this table; the
  * core decides, this only forwards what it already decided. Everything else (unknown sources,
  * frames for unconfirmed flows or from another address) is handed back to Python in a list.
+ * On a public socket bound to a wildcard address (IP_PKTINFO / IPV6_RECVPKTINFO on, by Python),
+ * each flow holds the local address its client sends to, and its frames leave from it
+ * (ipi_spec_dst / ipi6_addr); a datagram sent to another local address than its flow's is
+ * handed to Python, which re-points the flow (and mirrors it here). Elsewhere the address is
+ * empty: no control data on send, one length compare on receive.
  * Counters (packets and bytes per direction, stale/send/recv errors, kernel queue overflows
  * from SO_RXQ_OVFL) live here and are read by Python for the heartbeat.
  */
@@ -44,6 +49,8 @@ typedef struct {
     uint8_t klen;      /* 0: empty slot, 0xFF: tombstone */
     uint8_t reverse;   /* frames from the transceiver go out here (confirmed + registered) */
     uint8_t dirty;     /* forwarded since the last take_touched() */
+    uint8_t local_len; /* 0 (unknown: routing picks the source), 4 or 16 */
+    uint8_t local[16]; /* the relay address the client sends to: replies leave from it */
     double last_seen;
     struct sockaddr_in6 client;      /* AF_INET or AF_INET6, as received */
     struct sockaddr_in6 transceiver; /* AF_INET or AF_INET6 */
@@ -63,6 +70,9 @@ typedef struct {
     struct iovec in_iov[BATCH], out_iov[BATCH][2];
     struct sockaddr_in6 names[BATCH];
     uint8_t control[BATCH][CONTROL];
+    uint8_t locals[BATCH][16];      /* each received datagram's local address (IP_PKTINFO) */
+    uint8_t local_lens[BATCH];
+    uint8_t out_control[BATCH][CMSG_SPACE(sizeof(struct in6_pktinfo))];
     uint8_t headers[BATCH][HEADER_V6];
     /* counters */
     unsigned long long in_packets, in_bytes, out_packets, out_bytes;
@@ -195,10 +205,27 @@ static void prepare_receive(FastPath *self) {
     }
 }
 
-/* Stale by its kernel receive time (demux.fresh), and the socket's overflow drop count. */
-static int is_stale(FastPath *self, struct msghdr *h, double wall, uint32_t *overflow) {
+/* Stale by its kernel receive time (demux.fresh), and the socket's overflow drop count; the
+ * local address it was sent to (IP_PKTINFO, IPV6_PKTINFO) into locals[i]. */
+static int is_stale(FastPath *self, int i, double wall, uint32_t *overflow) {
+    struct msghdr *h = &self->in[i].msg_hdr;
     int stale = 0;
+    self->local_lens[i] = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+            struct in_pktinfo info;
+            memcpy(&info, CMSG_DATA(c), sizeof(info));
+            memcpy(self->locals[i], &info.ipi_spec_dst, 4);
+            self->local_lens[i] = 4;
+            continue;
+        }
+        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+            struct in6_pktinfo info;
+            memcpy(&info, CMSG_DATA(c), sizeof(info));
+            memcpy(self->locals[i], &info.ipi6_addr, 16);
+            self->local_lens[i] = 16;
+            continue;
+        }
         if (c->cmsg_level != SOL_SOCKET)
             continue;
         if (c->cmsg_type == SCM_TIMESTAMPNS && self->max_age > 0) {
@@ -238,6 +265,32 @@ static void send_batch(FastPath *self, int fd, int n, unsigned long long *packet
     }
 }
 
+/* Control data making the kernel send h from local (4 bytes: IP_PKTINFO, 16: IPV6_PKTINFO). */
+static void set_source(struct msghdr *h, uint8_t *control, const uint8_t *local, size_t len) {
+    h->msg_control = control;
+    if (len == 4) {
+        struct in_pktinfo info;
+        memset(&info, 0, sizeof(info)); /* ifindex 0: the route picks the interface */
+        memcpy(&info.ipi_spec_dst, local, 4);
+        h->msg_controllen = CMSG_SPACE(sizeof(info));
+        struct cmsghdr *c = CMSG_FIRSTHDR(h);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(info));
+        memcpy(CMSG_DATA(c), &info, sizeof(info));
+    } else {
+        struct in6_pktinfo info;
+        memset(&info, 0, sizeof(info));
+        memcpy(&info.ipi6_addr, local, 16);
+        h->msg_controllen = CMSG_SPACE(sizeof(info));
+        struct cmsghdr *c = CMSG_FIRSTHDR(h);
+        c->cmsg_level = IPPROTO_IPV6;
+        c->cmsg_type = IPV6_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(info));
+        memcpy(CMSG_DATA(c), &info, sizeof(info));
+    }
+}
+
 typedef int (*route_fn)(FastPath *, int i, size_t size, double now, int *k);
 
 /* Client datagram i: a known flow goes to its transceiver behind its header. */
@@ -245,8 +298,9 @@ static int route_public(FastPath *self, int i, size_t size, double now, int *k) 
     uint8_t key[HEADER_V6];
     size_t len = key_of(&self->names[i], key);
     Entry *e = len ? find(self, key, len) : NULL;
-    if (e == NULL)
-        return 0;
+    if (e == NULL || e->local_len != self->local_lens[i] ||
+        (e->local_len && memcmp(e->local, self->locals[i], e->local_len) != 0))
+        return 0; /* unknown, or its client now talks to another local address: Python */
     e->last_seen = now;
     e->dirty = 1;
     int j = (*k)++;
@@ -286,6 +340,8 @@ static int route_internal(FastPath *self, int i, size_t size, double now, int *k
                                                       : sizeof(struct sockaddr_in6);
     h->msg_iov = self->out_iov[j];
     h->msg_iovlen = 1;
+    if (e->local_len)
+        set_source(h, self->out_control[j], e->local, e->local_len);
     return 1;
 }
 
@@ -315,14 +371,23 @@ static PyObject *drain(FastPath *self, PyObject *args, int public) {
         }
         int k = 0;
         for (int i = 0; i < n; i++) {
-            struct msghdr *h = &self->in[i].msg_hdr;
             size_t size = self->in[i].msg_len;
-            if (is_stale(self, h, wall, overflow))
+            if (is_stale(self, i, wall, overflow))
                 continue;
             if (route(self, i, size, now, &k))
                 continue;
-            PyObject *item = Py_BuildValue("(y#N)", (const char *)self->in_iov[i].iov_base,
-                                           (Py_ssize_t)size, addr_tuple(&self->names[i]));
+            PyObject *item;
+            if (!public)
+                item = Py_BuildValue("(y#N)", (const char *)self->in_iov[i].iov_base,
+                                     (Py_ssize_t)size, addr_tuple(&self->names[i]));
+            else if (self->local_lens[i]) /* (datagram, client, local address) */
+                item = Py_BuildValue("(y#Ny#)", (const char *)self->in_iov[i].iov_base,
+                                     (Py_ssize_t)size, addr_tuple(&self->names[i]),
+                                     (const char *)self->locals[i],
+                                     (Py_ssize_t)self->local_lens[i]);
+            else
+                item = Py_BuildValue("(y#NO)", (const char *)self->in_iov[i].iov_base,
+                                     (Py_ssize_t)size, addr_tuple(&self->names[i]), Py_None);
             if (item == NULL || PyList_Append(slow, item) < 0) {
                 Py_XDECREF(item);
                 Py_DECREF(slow);
@@ -353,9 +418,18 @@ static PyObject *FastPath_learn(FastPath *self, PyObject *args) {
     Py_ssize_t len;
     const char *chost, *thost;
     int cport, tport, reverse;
-    if (!PyArg_ParseTuple(args, "y#(si)(si)p", &key, &len, &chost, &cport, &thost, &tport,
-                          &reverse))
+    PyObject *local = Py_None;
+    if (!PyArg_ParseTuple(args, "y#(si)(si)p|O", &key, &len, &chost, &cport, &thost, &tport,
+                          &reverse, &local))
         return NULL;
+    char *lbytes = NULL;
+    Py_ssize_t llen = 0;
+    if (local != Py_None && PyBytes_AsStringAndSize(local, &lbytes, &llen) < 0)
+        return NULL;
+    if (llen != 0 && llen != 4 && llen != 16) {
+        PyErr_SetString(PyExc_ValueError, "bad local address");
+        return NULL;
+    }
     if ((len != HEADER_V4 && len != HEADER_V6) || key[0] != FRAME_MAGIC) {
         PyErr_SetString(PyExc_ValueError, "bad frame header");
         return NULL;
@@ -382,6 +456,10 @@ static PyObject *FastPath_learn(FastPath *self, PyObject *args) {
     e->client = client;
     e->transceiver = transceiver;
     e->reverse = (uint8_t)reverse;
+    e->local_len = (uint8_t)llen;
+    memset(e->local, 0, sizeof(e->local));
+    if (llen)
+        memcpy(e->local, lbytes, (size_t)llen);
     Py_RETURN_NONE;
 }
 
@@ -462,11 +540,12 @@ static void FastPath_dealloc(FastPath *self) {
 
 static PyMethodDef FastPath_methods[] = {
     {"drain_public", (PyCFunction)FastPath_drain_public, METH_VARARGS,
-     "drain_public(now) -> [(datagram, client)]: forward known flows, return the rest"},
+     "drain_public(now) -> [(datagram, client, local)]: forward known flows, return the rest"},
     {"drain_internal", (PyCFunction)FastPath_drain_internal, METH_VARARGS,
      "drain_internal(now) -> [(frame, source)]: send confirmed flows, return the rest"},
     {"learn", (PyCFunction)FastPath_learn, METH_VARARGS,
-     "learn(header, client, transceiver, reverse): insert or update a flow"},
+     "learn(header, client, transceiver, reverse, local=None): insert or update a flow "
+     "(local: the 4 or 16 packed bytes of the address its client sends to)"},
     {"forget", (PyCFunction)FastPath_forget, METH_O, "forget(header) -> bool: remove a flow"},
     {"take_touched", (PyCFunction)FastPath_take_touched, METH_NOARGS,
      "take_touched() -> [(header, last_seen)] of flows forwarded since the last call"},
