@@ -10,10 +10,12 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from ipaddress import ip_address
 
 import pytest
 import redis
 
+from fleet.addresses import canonical_addr
 from fleet.nodes import HEALTH_TRANSCEIVER_ID
 from lab.netns import inside
 from relays.daemon import Relay
@@ -82,18 +84,20 @@ async def test_plain_wildcard_socket_answers_from_the_primary_address(
         assert await recv(ns_client) == (b"pong", (PRIMARY, bare.getsockname()[1]))
 
 
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::"], ids=["v4", "dual-stack-v6"])
 async def test_wildcard_relay_answers_from_the_address_the_client_sent_to(
     redis_url: str, ns_client: socket.socket, transceiver: socket.socket,  # noqa: F811
-    redis_client: redis.Redis,
+    redis_client: redis.Redis, bind: str,
 ) -> None:
-    async with Relay(make_config(redis_url, public=("0.0.0.0", 0))) as relay:
+    """On ``[::]`` the v4 client is seen v4-mapped: IPV6_PKTINFO carries its destination."""
+    async with Relay(make_config(redis_url, public=(bind, 0))) as relay:
         assert relay.fastpath is relay.config.fastpath
         port = relay.public_addr[1]
-        client = addr_of(ns_client)
+        client = canonical_addr(addr_of(ns_client), v6=bind == "::")
 
         ns_client.sendto(binding_request(), (SECONDARY, port))  # learns the flow
         frame, _ = await recv(transceiver)
-        assert parse_header(frame) == (client, 8)
+        assert parse_header(frame) == (client, 8 if bind == "0.0.0.0" else 20)
         # The first frame confirms the flow (Python sends it), the rest go out on the C path
         # where it runs: every one from SECONDARY.
         for n in range(4):
@@ -123,6 +127,8 @@ async def test_wildcard_relay_answers_from_the_address_the_client_sent_to(
             probe.sendto(binding_request(transceiver=HEALTH_TRANSCEIVER_ID), (SECONDARY, port))
             answer, source = await recv(probe)
             assert source == (SECONDARY, port)
-            assert parse_xor_mapped_address(answer) == addr_of(probe)
+            mapped, mapped_port = parse_xor_mapped_address(answer)
+            expected = canonical_addr(addr_of(probe), v6=bind == "::")
+            assert (ip_address(mapped), mapped_port) == (ip_address(expected[0]), expected[1])
         assert relay.health_answered == 1
         assert not relay.core.drops
