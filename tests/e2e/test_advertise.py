@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.e2e]
 # probes pass and the relay stays allocatable; an address nothing answers on (TEST-NET) would
 # have the probes mark the relay down within 2 s and race the offer.
 ADVERTISED = "127.0.0.2"
-ADVERTISED_REGIONS = ("adva", "advb", "advc", "advd", "adve")  # no nodes from ``up``: each test starts its own
+# no nodes from ``up``: each test starts its own
+ADVERTISED_REGIONS = ("adva", "advb", "advc", "advd", "adve")
 
 
 @pytest.fixture(scope="module")
