@@ -12,7 +12,9 @@
  * frames for unconfirmed flows or from another address) is handed back to Python in a list.
  * On a public socket bound to a wildcard address (IP_PKTINFO / IPV6_RECVPKTINFO on, by Python),
  * each flow holds the local address its client sends to, and its frames leave from it
- * (ipi_spec_dst / ipi6_addr); a datagram sent to another local address than its flow's is
+ * (ipi_spec_dst / ipi6_addr). A host has few addresses: an entry holds a one-byte index into
+ * a table of them (a flow whose address does not fit stays with Python, which routes it all the
+ * same). A datagram sent to another local address than its flow's is
  * handed to Python, which re-points the flow (and mirrors it here). Elsewhere the address is
  * empty: no control data on send, one length compare on receive.
  * Counters (packets and bytes per direction, stale/send/recv errors, kernel queue overflows
@@ -43,14 +45,15 @@
 #define ROUNDS 8            /* recvmmsg calls per drain: 512 datagrams, as DRAIN_BATCH */
 #define MAX_DATAGRAM 65536
 #define CONTROL 128
+#define MAX_LOCALS 255      /* distinct local addresses (index 0: none) */
 
 typedef struct {
     uint8_t key[HEADER_V6];
     uint8_t klen;      /* 0: empty slot, 0xFF: tombstone */
     uint8_t reverse;   /* frames from the transceiver go out here (confirmed + registered) */
     uint8_t dirty;     /* forwarded since the last take_touched() */
-    uint8_t local_len; /* 0 (unknown: routing picks the source), 4 or 16 */
-    uint8_t local[16]; /* the relay address the client sends to: replies leave from it */
+    uint8_t local;     /* the relay address its client sends to (replies leave from it): an
+                          index into FastPath.local_addrs, 0 = unknown (routing picks) */
     double last_seen;
     struct sockaddr_in6 client;      /* AF_INET or AF_INET6, as received */
     struct sockaddr_in6 transceiver; /* AF_INET or AF_INET6 */
@@ -72,6 +75,9 @@ typedef struct {
     uint8_t control[BATCH][CONTROL];
     uint8_t locals[BATCH][16];      /* each received datagram's local address (IP_PKTINFO) */
     uint8_t local_lens[BATCH];
+    uint8_t local_addrs[MAX_LOCALS + 1][16]; /* the flows' local addresses, by index */
+    uint8_t local_addr_lens[MAX_LOCALS + 1];
+    int n_locals;
     uint8_t out_control[BATCH][CMSG_SPACE(sizeof(struct in6_pktinfo))];
     uint8_t headers[BATCH][HEADER_V6];
     /* counters */
@@ -298,9 +304,12 @@ static int route_public(FastPath *self, int i, size_t size, double now, int *k) 
     uint8_t key[HEADER_V6];
     size_t len = key_of(&self->names[i], key);
     Entry *e = len ? find(self, key, len) : NULL;
-    if (e == NULL || e->local_len != self->local_lens[i] ||
-        (e->local_len && memcmp(e->local, self->locals[i], e->local_len) != 0))
-        return 0; /* unknown, or its client now talks to another local address: Python */
+    if (e == NULL)
+        return 0;
+    size_t ll = self->local_addr_lens[e->local];
+    if (ll != self->local_lens[i] ||
+        (ll && memcmp(self->local_addrs[e->local], self->locals[i], ll) != 0))
+        return 0; /* its client now talks to another local address: Python re-points it */
     e->last_seen = now;
     e->dirty = 1;
     int j = (*k)++;
@@ -340,8 +349,9 @@ static int route_internal(FastPath *self, int i, size_t size, double now, int *k
                                                       : sizeof(struct sockaddr_in6);
     h->msg_iov = self->out_iov[j];
     h->msg_iovlen = 1;
-    if (e->local_len)
-        set_source(h, self->out_control[j], e->local, e->local_len);
+    if (e->local)
+        set_source(h, self->out_control[j], self->local_addrs[e->local],
+                   self->local_addr_lens[e->local]);
     return 1;
 }
 
@@ -438,6 +448,26 @@ static PyObject *FastPath_learn(FastPath *self, PyObject *args) {
     if (parse_addr(chost, cport, &client) < 0 || parse_addr(thost, tport, &transceiver) < 0)
         return NULL;
     Entry *e = find(self, key, (size_t)len);
+    int index = 0;
+    if (llen) {
+        for (index = 1; index <= self->n_locals; index++)
+            if (self->local_addr_lens[index] == llen &&
+                memcmp(self->local_addrs[index], lbytes, (size_t)llen) == 0)
+                break;
+        if (index > MAX_LOCALS) { /* no room for another address: Python routes this flow */
+            if (e != NULL) {
+                e->klen = TOMB;
+                self->used--;
+                self->tombs++;
+            }
+            Py_RETURN_NONE;
+        }
+        if (index > self->n_locals) {
+            self->n_locals = index;
+            memcpy(self->local_addrs[index], lbytes, (size_t)llen);
+            self->local_addr_lens[index] = (uint8_t)llen;
+        }
+    }
     if (e == NULL) {
         if ((self->used + self->tombs + 1) * 2 > self->cap &&
             resize(self, (self->used + 1) * 4 > self->cap ? self->cap * 2 : self->cap) < 0)
@@ -456,10 +486,7 @@ static PyObject *FastPath_learn(FastPath *self, PyObject *args) {
     e->client = client;
     e->transceiver = transceiver;
     e->reverse = (uint8_t)reverse;
-    e->local_len = (uint8_t)llen;
-    memset(e->local, 0, sizeof(e->local));
-    if (llen)
-        memcpy(e->local, lbytes, (size_t)llen);
+    e->local = (uint8_t)index;
     Py_RETURN_NONE;
 }
 
