@@ -99,3 +99,52 @@ def receive_fresh(
         if fresh(receive_time(ancdata)):
             return size, source
     return None
+
+
+# The local address a datagram was sent to, on a socket bound to a wildcard address (ip(7)
+# ``IP_PKTINFO``, ipv6(7) ``IPV6_RECVPKTINFO``; a dual-stack v6 socket reports v4 peers'
+# destinations v4-mapped). Sent back with a reply, it picks the reply's source address: without
+# it a multihomed host answers from its routing source, which the client (or its NAT) drops.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Python 3.11 lacks the constant (Linux: 8)
+_IN_PKTINFO = struct.Struct("@i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
+_IN6_PKTINFO = struct.Struct("@16sI")  # ipi6_addr, ipi6_ifindex
+PKTINFO_SPACE = socket.CMSG_SPACE(_IN6_PKTINFO.size)
+
+
+def is_wildcard(addr: Addr) -> bool:
+    """True for a bound address (``getsockname``) that is every local address (0.0.0.0, ::)."""
+    return addr[0] in ("0.0.0.0", "::")
+
+
+def enable_packet_info(sock: socket.socket) -> bool:
+    """Ask the kernel for each datagram's local address on ``sock``; False where it cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def packet_local(ancdata: list[tuple[int, int, bytes]]) -> bytes | None:
+    """The local address (4 or 16 bytes, packed) a datagram was sent to, from ``recvmsg``
+    ancillary data on a socket with ``enable_packet_info``; None if not reported."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
+            return data[4:8]  # ipi_spec_dst: the local address the datagram was for
+        if (level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO
+                and len(data) >= _IN6_PKTINFO.size):
+            return data[:16]
+    return None
+
+
+def source_ancillary(local: bytes) -> list[tuple[int, int, bytes]]:
+    """``sendmsg`` ancillary data sending from ``local`` (as ``packet_local`` returns it); the
+    interface is left to routing (index 0)."""
+    if len(local) == 4:
+        return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, local, bytes(4)))]
+    return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(local, 0))]

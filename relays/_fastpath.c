@@ -10,6 +10,13 @@
  * mirrors every learn/re-point/confirm/removal of the pure core's FlowTable into this table; the
  * core decides, this only forwards what it already decided. Everything else (unknown sources,
  * frames for unconfirmed flows or from another address) is handed back to Python in a list.
+ * On a public socket bound to a wildcard address (IP_PKTINFO / IPV6_RECVPKTINFO on, by Python),
+ * each flow holds the local address its client sends to, and its frames leave from it
+ * (ipi_spec_dst / ipi6_addr). A host has few addresses: an entry holds a one-byte index into
+ * a table of them (a flow whose address does not fit stays with Python, which routes it all the
+ * same). A datagram sent to another local address than its flow's is
+ * handed to Python, which re-points the flow (and mirrors it here). Elsewhere the address is
+ * empty: no control data on send, one length compare on receive.
  * Counters (packets and bytes per direction, stale/send/recv errors, kernel queue overflows
  * from SO_RXQ_OVFL) live here and are read by Python for the heartbeat.
  */
@@ -38,12 +45,15 @@
 #define ROUNDS 8            /* recvmmsg calls per drain: 512 datagrams, as DRAIN_BATCH */
 #define MAX_DATAGRAM 65536
 #define CONTROL 128
+#define MAX_LOCALS 255      /* distinct local addresses (index 0: none) */
 
 typedef struct {
     uint8_t key[HEADER_V6];
     uint8_t klen;      /* 0: empty slot, 0xFF: tombstone */
     uint8_t reverse;   /* frames from the transceiver go out here (confirmed + registered) */
     uint8_t dirty;     /* forwarded since the last take_touched() */
+    uint8_t local;     /* the relay address its client sends to (replies leave from it): an
+                          index into FastPath.local_addrs, 0 = unknown (routing picks) */
     double last_seen;
     struct sockaddr_in6 client;      /* AF_INET or AF_INET6, as received */
     struct sockaddr_in6 transceiver; /* AF_INET or AF_INET6 */
@@ -63,6 +73,12 @@ typedef struct {
     struct iovec in_iov[BATCH], out_iov[BATCH][2];
     struct sockaddr_in6 names[BATCH];
     uint8_t control[BATCH][CONTROL];
+    uint8_t locals[BATCH][16];      /* each received datagram's local address (IP_PKTINFO) */
+    uint8_t local_lens[BATCH];
+    uint8_t local_addrs[MAX_LOCALS + 1][16]; /* the flows' local addresses, by index */
+    uint8_t local_addr_lens[MAX_LOCALS + 1];
+    int n_locals;
+    uint8_t out_control[BATCH][CMSG_SPACE(sizeof(struct in6_pktinfo))];
     uint8_t headers[BATCH][HEADER_V6];
     /* counters */
     unsigned long long in_packets, in_bytes, out_packets, out_bytes;
@@ -195,10 +211,27 @@ static void prepare_receive(FastPath *self) {
     }
 }
 
-/* Stale by its kernel receive time (demux.fresh), and the socket's overflow drop count. */
-static int is_stale(FastPath *self, struct msghdr *h, double wall, uint32_t *overflow) {
+/* Stale by its kernel receive time (demux.fresh), and the socket's overflow drop count; the
+ * local address it was sent to (IP_PKTINFO, IPV6_PKTINFO) into locals[i]. */
+static int is_stale(FastPath *self, int i, double wall, uint32_t *overflow) {
+    struct msghdr *h = &self->in[i].msg_hdr;
     int stale = 0;
+    self->local_lens[i] = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+            struct in_pktinfo info;
+            memcpy(&info, CMSG_DATA(c), sizeof(info));
+            memcpy(self->locals[i], &info.ipi_spec_dst, 4);
+            self->local_lens[i] = 4;
+            continue;
+        }
+        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+            struct in6_pktinfo info;
+            memcpy(&info, CMSG_DATA(c), sizeof(info));
+            memcpy(self->locals[i], &info.ipi6_addr, 16);
+            self->local_lens[i] = 16;
+            continue;
+        }
         if (c->cmsg_level != SOL_SOCKET)
             continue;
         if (c->cmsg_type == SCM_TIMESTAMPNS && self->max_age > 0) {
@@ -238,6 +271,32 @@ static void send_batch(FastPath *self, int fd, int n, unsigned long long *packet
     }
 }
 
+/* Control data making the kernel send h from local (4 bytes: IP_PKTINFO, 16: IPV6_PKTINFO). */
+static void set_source(struct msghdr *h, uint8_t *control, const uint8_t *local, size_t len) {
+    h->msg_control = control;
+    if (len == 4) {
+        struct in_pktinfo info;
+        memset(&info, 0, sizeof(info)); /* ifindex 0: the route picks the interface */
+        memcpy(&info.ipi_spec_dst, local, 4);
+        h->msg_controllen = CMSG_SPACE(sizeof(info));
+        struct cmsghdr *c = CMSG_FIRSTHDR(h);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(info));
+        memcpy(CMSG_DATA(c), &info, sizeof(info));
+    } else {
+        struct in6_pktinfo info;
+        memset(&info, 0, sizeof(info));
+        memcpy(&info.ipi6_addr, local, 16);
+        h->msg_controllen = CMSG_SPACE(sizeof(info));
+        struct cmsghdr *c = CMSG_FIRSTHDR(h);
+        c->cmsg_level = IPPROTO_IPV6;
+        c->cmsg_type = IPV6_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(info));
+        memcpy(CMSG_DATA(c), &info, sizeof(info));
+    }
+}
+
 typedef int (*route_fn)(FastPath *, int i, size_t size, double now, int *k);
 
 /* Client datagram i: a known flow goes to its transceiver behind its header. */
@@ -247,6 +306,10 @@ static int route_public(FastPath *self, int i, size_t size, double now, int *k) 
     Entry *e = len ? find(self, key, len) : NULL;
     if (e == NULL)
         return 0;
+    size_t ll = self->local_addr_lens[e->local];
+    if (ll != self->local_lens[i] ||
+        (ll && memcmp(self->local_addrs[e->local], self->locals[i], ll) != 0))
+        return 0; /* its client now talks to another local address: Python re-points it */
     e->last_seen = now;
     e->dirty = 1;
     int j = (*k)++;
@@ -286,6 +349,9 @@ static int route_internal(FastPath *self, int i, size_t size, double now, int *k
                                                       : sizeof(struct sockaddr_in6);
     h->msg_iov = self->out_iov[j];
     h->msg_iovlen = 1;
+    if (e->local)
+        set_source(h, self->out_control[j], self->local_addrs[e->local],
+                   self->local_addr_lens[e->local]);
     return 1;
 }
 
@@ -315,14 +381,23 @@ static PyObject *drain(FastPath *self, PyObject *args, int public) {
         }
         int k = 0;
         for (int i = 0; i < n; i++) {
-            struct msghdr *h = &self->in[i].msg_hdr;
             size_t size = self->in[i].msg_len;
-            if (is_stale(self, h, wall, overflow))
+            if (is_stale(self, i, wall, overflow))
                 continue;
             if (route(self, i, size, now, &k))
                 continue;
-            PyObject *item = Py_BuildValue("(y#N)", (const char *)self->in_iov[i].iov_base,
-                                           (Py_ssize_t)size, addr_tuple(&self->names[i]));
+            PyObject *item;
+            if (!public)
+                item = Py_BuildValue("(y#N)", (const char *)self->in_iov[i].iov_base,
+                                     (Py_ssize_t)size, addr_tuple(&self->names[i]));
+            else if (self->local_lens[i]) /* (datagram, client, local address) */
+                item = Py_BuildValue("(y#Ny#)", (const char *)self->in_iov[i].iov_base,
+                                     (Py_ssize_t)size, addr_tuple(&self->names[i]),
+                                     (const char *)self->locals[i],
+                                     (Py_ssize_t)self->local_lens[i]);
+            else
+                item = Py_BuildValue("(y#NO)", (const char *)self->in_iov[i].iov_base,
+                                     (Py_ssize_t)size, addr_tuple(&self->names[i]), Py_None);
             if (item == NULL || PyList_Append(slow, item) < 0) {
                 Py_XDECREF(item);
                 Py_DECREF(slow);
@@ -353,9 +428,18 @@ static PyObject *FastPath_learn(FastPath *self, PyObject *args) {
     Py_ssize_t len;
     const char *chost, *thost;
     int cport, tport, reverse;
-    if (!PyArg_ParseTuple(args, "y#(si)(si)p", &key, &len, &chost, &cport, &thost, &tport,
-                          &reverse))
+    PyObject *local = Py_None;
+    if (!PyArg_ParseTuple(args, "y#(si)(si)p|O", &key, &len, &chost, &cport, &thost, &tport,
+                          &reverse, &local))
         return NULL;
+    char *lbytes = NULL;
+    Py_ssize_t llen = 0;
+    if (local != Py_None && PyBytes_AsStringAndSize(local, &lbytes, &llen) < 0)
+        return NULL;
+    if (llen != 0 && llen != 4 && llen != 16) {
+        PyErr_SetString(PyExc_ValueError, "bad local address");
+        return NULL;
+    }
     if ((len != HEADER_V4 && len != HEADER_V6) || key[0] != FRAME_MAGIC) {
         PyErr_SetString(PyExc_ValueError, "bad frame header");
         return NULL;
@@ -364,6 +448,26 @@ static PyObject *FastPath_learn(FastPath *self, PyObject *args) {
     if (parse_addr(chost, cport, &client) < 0 || parse_addr(thost, tport, &transceiver) < 0)
         return NULL;
     Entry *e = find(self, key, (size_t)len);
+    int index = 0;
+    if (llen) {
+        for (index = 1; index <= self->n_locals; index++)
+            if (self->local_addr_lens[index] == llen &&
+                memcmp(self->local_addrs[index], lbytes, (size_t)llen) == 0)
+                break;
+        if (index > MAX_LOCALS) { /* no room for another address: Python routes this flow */
+            if (e != NULL) {
+                e->klen = TOMB;
+                self->used--;
+                self->tombs++;
+            }
+            Py_RETURN_NONE;
+        }
+        if (index > self->n_locals) {
+            self->n_locals = index;
+            memcpy(self->local_addrs[index], lbytes, (size_t)llen);
+            self->local_addr_lens[index] = (uint8_t)llen;
+        }
+    }
     if (e == NULL) {
         if ((self->used + self->tombs + 1) * 2 > self->cap &&
             resize(self, (self->used + 1) * 4 > self->cap ? self->cap * 2 : self->cap) < 0)
@@ -382,6 +486,7 @@ static PyObject *FastPath_learn(FastPath *self, PyObject *args) {
     e->client = client;
     e->transceiver = transceiver;
     e->reverse = (uint8_t)reverse;
+    e->local = (uint8_t)index;
     Py_RETURN_NONE;
 }
 
@@ -462,11 +567,12 @@ static void FastPath_dealloc(FastPath *self) {
 
 static PyMethodDef FastPath_methods[] = {
     {"drain_public", (PyCFunction)FastPath_drain_public, METH_VARARGS,
-     "drain_public(now) -> [(datagram, client)]: forward known flows, return the rest"},
+     "drain_public(now) -> [(datagram, client, local)]: forward known flows, return the rest"},
     {"drain_internal", (PyCFunction)FastPath_drain_internal, METH_VARARGS,
      "drain_internal(now) -> [(frame, source)]: send confirmed flows, return the rest"},
     {"learn", (PyCFunction)FastPath_learn, METH_VARARGS,
-     "learn(header, client, transceiver, reverse): insert or update a flow"},
+     "learn(header, client, transceiver, reverse, local=None): insert or update a flow "
+     "(local: the 4 or 16 packed bytes of the address its client sends to)"},
     {"forget", (PyCFunction)FastPath_forget, METH_O, "forget(header) -> bool: remove a flow"},
     {"take_touched", (PyCFunction)FastPath_take_touched, METH_NOARGS,
      "take_touched() -> [(header, last_seen)] of flows forwarded since the last call"},

@@ -48,20 +48,30 @@ class Forward:
     payload: bytes | memoryview
 
 
+# The local address a client's datagram was sent to (4 or 16 bytes, packed), reported by the
+# shell of a relay bound to a wildcard address (IP_PKTINFO); None elsewhere. Opaque to the core:
+# it is stored per flow and handed back with every reply to that client, which the shell sends
+# from it (a multihomed host would otherwise answer from its routing source address).
+Local = bytes | None
+
+
 @dataclass(frozen=True, slots=True)
 class SendToClient:
-    """Send the frame's payload (from ``offset``) to ``client``."""
+    """Send the frame's payload (from ``offset``) to ``client``, from ``local`` if known."""
 
     client: Addr
     offset: int
+    local: Local = None
 
 
 @dataclass(frozen=True, slots=True)
 class AnswerHealth:
-    """Send ``response`` (a Binding success, RFC 8489 section 14.2) to ``client``."""
+    """Send ``response`` (a Binding success, RFC 8489 section 14.2) to ``client``, from
+    ``local`` (the address the request was sent to) if known."""
 
     client: Addr
     response: bytes
+    local: Local = None
 
 
 @dataclass(frozen=True, slots=True)

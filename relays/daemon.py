@@ -24,12 +24,20 @@ from fleet.addresses import Addr, format_addr, sockname_addr
 from fleet.admin_http import serve_admin
 from fleet.signals import wait_until_stopped
 from fleet.sockets import (
+    CONTROL_SPACE,
+    PKTINFO_SPACE,
     bind_udp,
+    dropped_count,
     enable_drop_counts,
+    enable_packet_info,
     enable_receive_timestamps,
+    is_wildcard,
+    packet_local,
     receive_fresh,
+    receive_time,
+    source_ancillary,
 )
-from relays.actions import AnswerHealth, Drop, DropReason, Forward, Lookup, SendToClient
+from relays.actions import AnswerHealth, Drop, DropReason, Forward, Local, Lookup, SendToClient
 from relays.config import RelayConfig
 from relays.demux import Demux
 from relays.fastpath import FastPath, FlowMirror
@@ -66,6 +74,12 @@ class Relay:
         self._fast: FastPath | None = None
         self._mirror: FlowMirror | None = None
         self._kernel_dropped: dict[int, int] = {}  # socket fd -> its last SO_RXQ_OVFL count
+        # Bound to a wildcard address: each datagram's local address (IP_PKTINFO) is read and
+        # replies leave from it. Each distinct address is interned (flows share one bytes
+        # object) with its sendmsg ancillary data; a host has few, so the dict stays small.
+        self._pktinfo = False
+        self._locals: dict[bytes, bytes] = {}
+        self._ancillary: dict[bytes, list[tuple[int, int, bytes]]] = {}
 
     async def start(self) -> None:
         cfg = self.config
@@ -79,6 +93,8 @@ class Relay:
         for sock in (self._public, self._internal):
             enable_receive_timestamps(sock)  # without them nothing is ever stale
             enable_drop_counts(sock)
+        if is_wildcard(self.public_addr):
+            self._pktinfo = enable_packet_info(self._public)
         if cfg.fastpath and FastPath is not None:
             self._fast = FastPath(self._public.fileno(), self._internal.fileno(),
                                   cfg.max_queue_age)
@@ -111,12 +127,16 @@ class Relay:
                 raise
         fast = self._fast is not None
         loop.add_reader(self._public.fileno(),
-                        self._on_public_batch if fast else self._on_public_readable)
+                        self._on_public_batch if fast else
+                        self._on_public_readable_local if self._pktinfo else
+                        self._on_public_readable)
         loop.add_reader(self._internal.fileno(),
                         self._on_internal_batch if fast else self._on_internal_readable)
-        logger.info("relay shard %s worker %s: public %s (advertised %s) internal %s, tcp %s, "
+        logger.info("relay shard %s worker %s: public %s (advertised %s%s) internal %s, tcp %s, "
                     "%s path", cfg.shard, cfg.worker, format_addr(self.public_addr),
-                    format_addr(self.advertised_public), format_addr(self.internal_addr),
+                    format_addr(self.advertised_public),
+                    "; replies from each client's destination" if self._pktinfo else "",
+                    format_addr(self.internal_addr),
                     format_addr(self.tcp.address) if self.tcp is not None else "off",
                     "C fast" if fast else "pure-Python")
 
@@ -216,8 +236,11 @@ class Relay:
             return
         if not rest:  # all forwarded in C: nothing for the core
             return
-        for data, client in rest:
-            self._carry_out(on_datagram(client, data, now))
+        intern = self._locals.setdefault
+        for data, client, local in rest:
+            if local is not None:
+                local = intern(local, local)
+            self._carry_out(on_datagram(client, data, now, local))
         self._after_batch(now)
 
     def _on_internal_batch(self) -> None:
@@ -235,7 +258,7 @@ class Relay:
         for data, source in rest:
             action = on_frame(source, data, now)
             if type(action) is SendToClient:
-                if self._send_out(memoryview(data)[action.offset:], action.client):
+                if self._send_out(memoryview(data)[action.offset:], action.client, action.local):
                     self.core.forwarded_out += 1
                     self.core.forwarded_out_bytes += len(data) - action.offset
             elif isinstance(action, Drop):
@@ -276,6 +299,51 @@ class Relay:
                 self._carry_out(core.on_datagram(client, view[:size], now))
         self._after_batch(now)
 
+    def _on_public_readable_local(self) -> None:
+        """``_on_public_readable`` on a wildcard-bound socket: ``recvmsg_into`` for each
+        datagram's local address (IP_PKTINFO); a flow whose client now sends to another of
+        the relay's addresses goes through the core, which re-points its replies."""
+        assert self._public is not None and self._internal is not None and self._loop is not None
+        recv, send, view, bufs = self._public.recvmsg_into, self._internal.sendmsg, self._view, \
+            self._bufs
+        core, get, intern = self.core, self.core.flows.get, self._locals.setdefault
+        now = self._loop.time()
+        wall, fresh, fd = time.time(), core.fresh, self._public.fileno()
+        checking = True  # only the head of the batch is checked for staleness (FIFO queue)
+        space = CONTROL_SPACE + PKTINFO_SPACE
+        for _ in range(DRAIN_BATCH):
+            try:
+                size, ancdata, _, source = recv(bufs, space)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._drop(DropReason.RECV_ERROR, exc)
+                continue
+            if checking:
+                if (count := dropped_count(ancdata)) is not None:
+                    core.drops[DropReason.RXQ_OVERFLOW] += count - self._kernel_dropped.get(fd, 0)
+                    self._kernel_dropped[fd] = count
+                if not fresh(receive_time(ancdata), wall):
+                    continue
+                checking = False
+            local = packet_local(ancdata)
+            if local is not None:
+                local = intern(local, local)
+            client = (source[0], source[1])
+            flow = get(client)
+            if flow is not None and flow.local is local:  # the hot path, as _on_public_readable
+                flow.last_seen = now
+                try:
+                    send([flow.header, view[:size]], [], 0, flow.transceiver)
+                except OSError as exc:
+                    self._drop(DropReason.SEND_ERROR, exc)
+                    continue
+                core.forwarded_in += 1
+                core.forwarded_in_bytes += size
+            else:
+                self._carry_out(core.on_datagram(client, view[:size], now, local))
+        self._after_batch(now)
+
     def _first_fresh(self, sock: socket.socket) -> tuple[int, Any] | None:
         """Receive until a datagram is fresh (stale ones are dropped); None if none is queued."""
         # Only the head of each batch is checked: the queue is FIFO, so once one is fresh the
@@ -308,7 +376,7 @@ class Relay:
             assert self.sync is not None
             self.sync.lookup_wakeup.set()
         elif isinstance(action, AnswerHealth):
-            self._send_out(action.response, action.client)
+            self._send_out(action.response, action.client, action.local)
         elif action.detail:
             logger.debug("drop %s: %s", action.reason.value, action.detail)
 
@@ -332,10 +400,16 @@ class Relay:
             return
         self.core.tcp.forwarded_in += 1
 
-    def _send_out(self, payload: bytes | memoryview, client: Addr) -> bool:
+    def _send_out(self, payload: bytes | memoryview, client: Addr, local: Local = None) -> bool:
         assert self._public is not None
         try:
-            self._public.sendto(payload, client)
+            if local is None:
+                self._public.sendto(payload, client)
+            else:
+                ancillary = self._ancillary.get(local)
+                if ancillary is None:
+                    ancillary = self._ancillary[local] = source_ancillary(local)
+                self._public.sendmsg([payload], ancillary, 0, client)
         except OSError as exc:
             self._drop(DropReason.SEND_ERROR, exc)
             return False
@@ -359,7 +433,7 @@ class Relay:
                     continue
             action = on_frame((source[0], source[1]), view[:size], now)
             if type(action) is SendToClient:
-                if self._send_out(view[action.offset:size], action.client):
+                if self._send_out(view[action.offset:size], action.client, action.local):
                     self.core.forwarded_out += 1
                     self.core.forwarded_out_bytes += size - action.offset
             elif isinstance(action, Drop):

@@ -24,6 +24,7 @@ from relays.actions import (
     Drop,
     DropReason,
     Forward,
+    Local,
     Lookup,
     SendToClient,
 )
@@ -89,7 +90,8 @@ class Demux:
         self._transceivers: dict[int, Addr] = {}
         self._by_addr: dict[Addr, int] = {}
         self._writes: dict[Addr, int | None] = {}  # client -> transceiver id, None = delete
-        self._pending: dict[Addr, list[bytes]] = {}  # client -> datagrams awaiting lookup
+        # client -> (the local address it sent to, its datagrams awaiting the lookup)
+        self._pending: dict[Addr, tuple[Local, list[bytes]]] = {}
         self._negative: dict[Addr, float] = {}  # client -> time its Redis miss expires
         self._learning = TokenBucket(rate=config.learn_rate, burst=config.learn_burst)
         self._registry_missed = False  # a frame or Binding named a transceiver we do not know
@@ -132,21 +134,24 @@ class Demux:
     # client datagrams --------------------------------------------------------------------------
 
     def on_datagram(
-        self, client: Addr, data: bytes | memoryview, now: float
+        self, client: Addr, data: bytes | memoryview, now: float, local: Local = None
     ) -> Forward | AnswerHealth | Lookup | Drop:
-        """Route one datagram from ``client`` (RFC 7983 first byte, then the Binding's ufrag)."""
+        """Route one datagram from ``client`` (RFC 7983 first byte, then the Binding's ufrag);
+        ``local`` is the relay address it was sent to, where the shell knows it."""
         flow = self.flows.get(client)
         if flow is not None:
             flow.last_seen = now
+            if local is not None and local != flow.local:
+                self.flows.relocate(flow, local)
             return Forward(flow.header, flow.transceiver, data)
         if not data:
             return self.drop(DropReason.EMPTY)
         if classify(data[0]) is not PacketClass.STUN:
-            return self._lookup(client, data, now)
-        return self._on_binding_request(client, data, now)
+            return self._lookup(client, data, now, local)
+        return self._on_binding_request(client, data, now, local)
 
     def _on_binding_request(
-        self, client: Addr, data: bytes | memoryview, now: float
+        self, client: Addr, data: bytes | memoryview, now: float, local: Local
     ) -> Forward | AnswerHealth | Drop:
         """Learn a flow from the ufrag of a Binding request (RFC 8445 section 7.2.2 USERNAME)."""
         try:
@@ -162,7 +167,7 @@ class Demux:
             return self.drop(DropReason.UFRAG_FLOWS_FULL)
         if is_alias(client):  # a UDP flow there would capture an ICE-TCP connection's replies
             return self.drop(DropReason.ALIAS_SOURCE)
-        verdict = self._authorize(server_ufrag, tid, client)
+        verdict = self._authorize(server_ufrag, tid, client, local)
         if isinstance(verdict, Drop):
             self.drops[verdict.reason] += 1
             return verdict
@@ -171,7 +176,7 @@ class Demux:
         if not self._learning.take(now):
             return self.drop(DropReason.LEARN_RATE)
         flow = self._learn(client, verdict.transceiver_id, verdict.transceiver, now,
-                           ufrag=server_ufrag)
+                           ufrag=server_ufrag, local=local)
         self.learned_stun += 1
         return Forward(flow.header, flow.transceiver, data)
 
@@ -188,7 +193,7 @@ class Demux:
             return Drop(DropReason.BAD_STUN, str(exc))
         return self._authorize(server_ufrag, tid, client)
 
-    def _authorize(self, server_ufrag: str, tid: bytes, client: Addr
+    def _authorize(self, server_ufrag: str, tid: bytes, client: Addr, local: Local = None
                    ) -> Authorized | AnswerHealth | Drop:
         """HMAC, shard, health id and registry checks of a server ufrag (no drop counted)."""
         try:
@@ -199,7 +204,7 @@ class Demux:
             return _DROPS[DropReason.WRONG_SHARD]
         if claims.transceiver == HEALTH_TRANSCEIVER_ID:  # the one message the relay answers
             self.health_answered += 1
-            return AnswerHealth(client, pack_binding_success(tid, client))
+            return AnswerHealth(client, pack_binding_success(tid, client), local)
         address = self._transceivers.get(claims.transceiver)
         if address is None:
             self._registry_missed = True
@@ -207,12 +212,12 @@ class Demux:
         return Authorized(server_ufrag, claims.transceiver, address)
 
     def _learn(self, client: Addr, transceiver_id: int, address: Addr, now: float, *,
-               ufrag: str | None = None, confirmed: bool = False) -> Flow:
+               ufrag: str | None = None, confirmed: bool = False, local: Local = None) -> Flow:
         """Learn (or re-point) a flow, queue its Redis write; a full table evicts one first."""
         if len(self.flows) >= self.flows.max_flows and self.flows.get(client) is None:
             self._forget(self.flows.evict())
         flow = self.flows.learn(client, transceiver_id=transceiver_id, transceiver=address,
-                                now=now, ufrag=ufrag, confirmed=confirmed)
+                                now=now, ufrag=ufrag, confirmed=confirmed, local=local)
         self._writes[client] = transceiver_id
         return flow
 
@@ -223,18 +228,19 @@ class Demux:
         if flow.client in self._writes or len(self._writes) < 2 * self.config.max_flows:
             self._writes[flow.client] = None
 
-    def _lookup(self, client: Addr, data: bytes | memoryview, now: float) -> Lookup | Drop:
+    def _lookup(self, client: Addr, data: bytes | memoryview, now: float, local: Local
+                ) -> Lookup | Drop:
         """Hold a datagram from an unknown non-STUN source for a bounded Redis lookup."""
         until = self._negative.get(client)
         if until is not None and until > now:
             return self.drop(DropReason.REDIS_MISS)
-        held = self._pending.get(client)
-        if held is None:
+        pending = self._pending.get(client)
+        if pending is None:
             if len(self._pending) >= self.config.max_lookups:
                 return self.drop(DropReason.LOOKUP_BUSY)
-            self._pending[client] = [bytes(data)]
-        elif len(held) < PENDING_PER_CLIENT:
-            held.append(bytes(data))
+            self._pending[client] = (local, [bytes(data)])
+        elif len(pending[1]) < PENDING_PER_CLIENT:
+            pending[1].append(bytes(data))
         else:
             return self.drop(DropReason.LOOKUP_QUEUE_FULL)
         return Lookup(client)
@@ -251,7 +257,7 @@ class Demux:
         """Learn flows Redis knows (the held datagrams go out in order); negative-cache misses."""
         out: list[Forward] = []
         for client, value in zip(clients, values, strict=True):
-            held = self._pending.pop(client, [])
+            local, held = self._pending.pop(client, (None, []))
             flow = None
             if value is None or not value.isdigit():
                 if len(self._negative) < self.config.max_flows:
@@ -265,7 +271,7 @@ class Demux:
                     self.drops[DropReason.UNKNOWN_TRANSCEIVER] += len(held)
                     self._registry_missed = True
                 else:
-                    flow = self._learn(client, int(value), address, now)
+                    flow = self._learn(client, int(value), address, now, local=local)
                     self.learned_redis += 1
             if flow is not None:
                 out += [Forward(flow.header, flow.transceiver, data) for data in held]
@@ -274,7 +280,7 @@ class Demux:
     def on_lookup_failed(self, clients: list[Addr]) -> None:
         """Redis did not answer: drop what the clients' lookups held."""
         for client in clients:
-            self.drops[DropReason.REDIS_DOWN] += len(self._pending.pop(client, ()))
+            self.drops[DropReason.REDIS_DOWN] += len(self._pending.pop(client, (None, []))[1])
 
     # transceiver frames ------------------------------------------------------------------------
 

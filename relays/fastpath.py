@@ -34,7 +34,8 @@ class FlowMirror:
         if "%" in flow.client[0] or "%" in flow.transceiver[0]:  # scoped v6: Python routes it
             self.fast.forget(flow.header)
             return
-        self.fast.learn(flow.header, flow.client, flow.transceiver, self.core.routes_frames(flow))
+        self.fast.learn(flow.header, flow.client, flow.transceiver, self.core.routes_frames(flow),
+                        flow.local)
 
     def flow_removed(self, flow: Flow) -> None:
         self.fast.forget(flow.header)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fleet.addresses import Addr
-from relays.actions import SendToClient
+from relays.actions import Local, SendToClient
 from relays.framing import pack_header
 
 CONSENT_TIMEOUT = 30.0  # RFC 7675 section 5.1: consent expires after 30 s without a response
@@ -25,7 +25,8 @@ DEFAULT_MAX_FLOWS = 200_000
 @dataclass(slots=True, eq=False)
 class Flow:
     """One learned route. ``header`` is the precomputed frame header naming the client, ``send``
-    the precomputed action for the frames coming back (no allocation per packet)."""
+    the precomputed action for the frames coming back (no allocation per packet), ``local`` the
+    relay address the client talks to (``relays.actions.Local``; replies leave from it)."""
 
     client: Addr
     transceiver_id: int
@@ -35,6 +36,7 @@ class Flow:
     send: SendToClient
     ufrag: str | None = None  # the server ufrag it was learned from (STUN), else None
     confirmed: bool = False  # a frame from its transceiver came back for it
+    local: Local = None  # shared by every flow to the same address (the shell interns it)
 
 
 class FlowWatcher(Protocol):
@@ -87,12 +89,15 @@ class FlowTable:
 
     def learn(
         self, client: Addr, *, transceiver_id: int, transceiver: Addr, now: float,
-        ufrag: str | None = None, confirmed: bool = False,
+        ufrag: str | None = None, confirmed: bool = False, local: Local = None,
     ) -> Flow:
-        """Insert or re-point the flow for ``client``; evict (``evict``) when full."""
+        """Insert or re-point the flow for ``client``; evict (``evict``) when full. ``local``
+        None (a frame learned it, or the socket is not a wildcard) keeps what the flow had."""
         flow = self._flows.get(client)
         if flow is not None:
             flow.transceiver_id, flow.transceiver, flow.last_seen = transceiver_id, transceiver, now
+            if local is not None and local != flow.local:
+                flow.local, flow.send = local, SendToClient(client, len(flow.header), local)
             if confirmed:
                 flow.confirmed = True
                 self._unconfirmed.pop(client, None)
@@ -102,7 +107,7 @@ class FlowTable:
             self.evict()
         header = pack_header(client)
         flow = Flow(client, transceiver_id, transceiver, header, now,
-                    SendToClient(client, len(header)), ufrag, confirmed)
+                    SendToClient(client, len(header), local), ufrag, confirmed, local)
         self._flows[client] = flow
         self._by_header[header] = flow
         if not confirmed:
@@ -117,6 +122,11 @@ class FlowTable:
         """Mark ``flow`` as carrying traffic from its transceiver: evicted last."""
         flow.confirmed = True
         self._unconfirmed.pop(flow.client, None)
+        self.notify(flow)
+
+    def relocate(self, flow: Flow, local: Local) -> None:
+        """The client now talks to the relay's ``local`` address: replies leave from there."""
+        flow.local, flow.send = local, SendToClient(flow.client, len(flow.header), local)
         self.notify(flow)
 
     def move(self, flow: Flow, transceiver: Addr) -> None:

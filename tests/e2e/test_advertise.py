@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.e2e]
 # probes pass and the relay stays allocatable; an address nothing answers on (TEST-NET) would
 # have the probes mark the relay down within 2 s and race the offer.
 ADVERTISED = "127.0.0.2"
-ADVERTISED_REGIONS = ("adva", "advb", "advc")  # no nodes from ``up``: each test starts its own
+# no nodes from ``up``: each test starts its own
+ADVERTISED_REGIONS = ("adva", "advb", "advc", "advd", "adve")
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,10 @@ def _env(edge: Edge) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _node(edge: Edge, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), *argv], env=_env(edge))
+def _node(edge: Edge, *argv: str, env: dict[str, str] | None = None
+          ) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), *argv],
+                            env={**_env(edge), **(env or {})})
     try:
         yield proc
     finally:
@@ -86,7 +89,7 @@ def _wait_key(client: redis.Redis, key: str, proc: subprocess.Popen[bytes]) -> b
 
 
 def _relay(
-    edge: Edge, shard: int, region: str, public: str
+    edge: Edge, shard: int, region: str, public: str, *, fastpath: bool = True
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """``public``: the bound public host, or ``HOST,ADVERTISED`` (the internal side is bound to
     0.0.0.0 and advertised as 127.0.0.1 either way)."""
@@ -95,7 +98,8 @@ def _relay(
     advertise = ["--advertise", f"{advertised}:{port}"] if advertised else []
     return _node(edge, "run_relay", "--shard", str(shard), "--region", region,
                  "--public", f"{bound}:{port}", *advertise, "--internal", f"0.0.0.0:{internal}",
-                 "--internal-advertise", f"127.0.0.1:{internal}")
+                 "--internal-advertise", f"127.0.0.1:{internal}",
+                 env={"RELAY_FASTPATH": "1" if fastpath else "0"})
 
 
 def _transceiver(
@@ -136,9 +140,7 @@ async def test_call_through_wildcard_bound_relay_and_transceiver(bare_edge: Edge
     """A real aiortc call: relay frames to the transceiver's advertised 127.0.0.1 from its
     0.0.0.0-bound internal socket; the 0.0.0.0-bound transceiver answers from 127.0.0.1.
 
-    The relay's public side stays bound to 127.0.0.1 here: this host's client gathers only its
-    eth0 address, and a 0.0.0.0-bound relay would answer it from that address rather than the
-    127.0.0.1 it was sent to (a multi-address host; see run_relay's help)."""
+    The relay's public side stays bound to 127.0.0.1 here (the next test binds it to 0.0.0.0)."""
     client = redis.Redis.from_url(bare_edge.redis_url)
     port = free_port()
     with _relay(bare_edge, 22, "adva", "127.0.0.1") as relay, \
@@ -155,6 +157,37 @@ async def test_call_through_wildcard_bound_relay_and_transceiver(bare_edge: Edge
         call = await _placed_call(bare_edge, "adva", 3.0)
         try:
             assert call.response_headers["X-Transceiver"] == "22"
+            relay_public = ("127.0.0.1", int(relay_beat.public.split(":")[1]))
+            assert _candidate_addresses(call.answer) == [relay_public]
+            await call.wait_connected()
+            await call.play()
+            ratio = call.echo_ratio()
+            assert call.track.tone_sent >= 100
+            assert ratio >= 0.9, f"only {ratio:.1%} of {call.track.tone_sent} tone frames came back"
+        finally:
+            await call.stop()
+
+
+@pytest.mark.parametrize(("fastpath", "shard", "region"),
+                         [(True, 24, "advd"), (False, 25, "adve")], ids=["fastpath", "pure"])
+async def test_call_through_relay_bound_to_0000_on_its_non_primary_address(
+    bare_edge: Edge, fastpath: bool, shard: int, region: str
+) -> None:
+    """A real aiortc call through a relay bound to 0.0.0.0 and advertised as 127.0.0.1 echoes,
+    on both relay paths: this host's client gathers only its eth0 address, so every reply leaves
+    with IP_PKTINFO naming 127.0.0.1 (the kernel's own choice would be the eth0 address). aioice
+    does not check the source of what it receives, so this call would connect without IP_PKTINFO
+    too: the source address itself is asserted in tests/relays/test_pktinfo.py."""
+    client = redis.Redis.from_url(bare_edge.redis_url)
+    port = free_port()
+    with _relay(bare_edge, shard, region, "0.0.0.0,127.0.0.1", fastpath=fastpath) as relay, \
+            _transceiver(bare_edge, shard, region, port) as xcvr:
+        relay_beat = RelayHeartbeat.from_json(
+            _wait_key(client, relay_heartbeat_key(shard, 0), relay)
+        )
+        _wait_key(client, transceiver_heartbeat_key(shard), xcvr)
+        call = await _placed_call(bare_edge, region, 3.0)
+        try:
             relay_public = ("127.0.0.1", int(relay_beat.public.split(":")[1]))
             assert _candidate_addresses(call.answer) == [relay_public]
             await call.wait_connected()

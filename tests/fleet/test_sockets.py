@@ -10,10 +10,15 @@ import time
 import pytest
 
 from fleet.sockets import (
+    PKTINFO_SPACE,
     bind_udp,
     enable_drop_counts,
+    enable_packet_info,
     enable_receive_timestamps,
+    is_wildcard,
+    packet_local,
     receive_fresh,
+    source_ancillary,
 )
 
 
@@ -66,3 +71,29 @@ def test_receive_fresh_reports_the_kernels_drop_count_at_a_full_queue() -> None:
         tx.sendto(b"after", rx.getsockname())  # queued after the drops: it carries their count
         assert receive_fresh(rx, [buf], lambda at: True, limit=1, dropped=counts.append)
         assert counts and 0 < counts[-1] < 200 and bytes(buf[:5]) == b"after"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="IP_PKTINFO is Linux's")
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::"])
+def test_packet_info_reports_the_destination_and_picks_the_reply_source(bind: str) -> None:
+    """On loopback: sent to 127.0.0.2, reported as such, and the reply leaves from it (without
+    the ancillary data the kernel would pick 127.0.0.1 for a 127.0.0.1 peer)."""
+    with contextlib.closing(bind_udp((bind, 0))) as wild, \
+            contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as peer:
+        assert is_wildcard(wild.getsockname()[:2]) and enable_packet_info(wild)
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(2)
+        wild.setblocking(True)
+        wild.settimeout(2)
+        port = wild.getsockname()[1]
+        for target, local in (("127.0.0.2", bytes([127, 0, 0, 2])),
+                              ("127.0.0.1", bytes([127, 0, 0, 1]))):
+            peer.sendto(b"ping", (target, port))
+            _, ancdata, _, source = wild.recvmsg(64, PKTINFO_SPACE)
+            expected = local if bind == "0.0.0.0" else bytes(10) + b"\xff\xff" + local
+            assert packet_local(ancdata) == expected
+            wild.sendmsg([b"pong"], source_ancillary(expected), 0, source)
+            assert peer.recvfrom(64) == (b"pong", (target, port))
+        wild.sendto(b"plain", source)  # the kernel's choice for a 127.0.0.1 peer
+        assert peer.recvfrom(64)[1] == ("127.0.0.1", port)
+    assert not is_wildcard(("127.0.0.1", 1))

@@ -359,3 +359,53 @@ def test_datagrams_queued_longer_than_max_queue_age_are_stale(
     core = make_core(max_queue_age=0.5)
     assert core.fresh(received_at, T0) is fresh
     assert core.counters()["drop_stale"] == (0 if fresh else 1)
+
+
+# The local address a client sends to (the shell's IP_PKTINFO, opaque here) ----------------------
+
+LOCAL_A, LOCAL_B = bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2])
+
+
+def test_replies_leave_from_the_local_address_the_client_last_sent_to() -> None:
+    core = make_core()
+    seen: list[bytes | None] = []
+
+    class Watcher:
+        def flow_changed(self, flow: Any) -> None:
+            seen.append(flow.local)
+
+        def flow_removed(self, flow: Any) -> None:
+            pass
+
+    core.flows.watcher = Watcher()
+    core.on_datagram(CLIENT, binding_request(), T0, LOCAL_A)
+    assert core.on_frame(XCVR_ADDR, pack_header(CLIENT) + b"x", T0) == SendToClient(CLIENT, 8,
+                                                                                    LOCAL_A)
+    assert core.on_datagram(CLIENT, DTLS, T0, LOCAL_A) == Forward(pack_header(CLIENT), XCVR_ADDR,
+                                                                  DTLS)
+    assert seen == [LOCAL_A, LOCAL_A]  # learned, confirmed: the same address is no change
+    core.on_datagram(CLIENT, DTLS, T0 + 1, LOCAL_B)
+    assert seen[-1] == LOCAL_B  # the mirror hears of the new address
+    assert core.on_frame(XCVR_ADDR, pack_header(CLIENT) + b"x", T0) == SendToClient(CLIENT, 8,
+                                                                                    LOCAL_B)
+    core.on_datagram(CLIENT, DTLS, T0 + 2)  # a shell that does not know it keeps the last one
+    assert core.flows.get(CLIENT).local == LOCAL_B  # type: ignore[union-attr]
+
+
+def test_frame_learned_flow_takes_the_local_address_of_its_client_first_datagram() -> None:
+    core = make_core()
+    assert core.on_frame(XCVR_ADDR, pack_header(CLIENT) + b"x", T0) == SendToClient(CLIENT, 8)
+    core.on_datagram(CLIENT, DTLS, T0, LOCAL_B)
+    assert core.on_frame(XCVR_ADDR, pack_header(CLIENT) + b"x", T0) == SendToClient(CLIENT, 8,
+                                                                                    LOCAL_B)
+
+
+def test_health_answer_and_redis_learned_flow_keep_the_local_address() -> None:
+    core = make_core()
+    answer = core.on_datagram(CLIENT, binding_request(transceiver=HEALTH_TRANSCEIVER_ID), T0,
+                              LOCAL_B)
+    assert isinstance(answer, AnswerHealth) and answer.local == LOCAL_B
+    assert core.on_datagram(client(1), DTLS, T0, LOCAL_B) == Lookup(client(1))
+    core.on_lookup_result([client(1)], [str(XCVR).encode()], T0)
+    assert core.on_frame(XCVR_ADDR, pack_header(client(1)) + b"x", T0) == SendToClient(
+        client(1), 8, LOCAL_B)

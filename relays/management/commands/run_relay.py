@@ -45,8 +45,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--advertise", type=addr_argument,
             help="HOST:PORT answers carry (NAT, load balancer; default: the --public address). "
-            "Bound to 0.0.0.0, replies leave from the kernel's source address for the client: "
-            "right on a one-address host or behind NAT, not on a multi-address host",
+            "Bound to 0.0.0.0 (or [::]), each reply leaves from the address its client sent to "
+            "(IP_PKTINFO), so a multi-address host answers from the right one",
         )
         parser.add_argument(
             "--internal", type=addr_argument, required=True, help="HOST:PORT transceivers use"
