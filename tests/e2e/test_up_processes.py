@@ -69,7 +69,9 @@ def test_sigkilled_up_takes_every_child_with_it(
         left = [(p.pid, names[p.pid]) for p in _alive(procs)]
         logger.info("children of a SIGKILLed up gone after %.2f s (%s); left: %s", took,
                     ", ".join(f"{names[pid]} {t:.2f}" for pid, t in gone.items()), left)
-        assert not left and took <= 3.0, (took, left)
+        # Idle: every child gone in 0.05-0.3 s. A transceiver's interpreter shutdown took 3.4 s
+        # once at load 15, so the bound is for 'without a human', not a latency figure.
+        assert not left and took <= 8.0, (took, left)
         region = edge.topology["regions"][0]
         ports = [(socket.SOCK_STREAM, int(edge.base_url.rsplit(":", 1)[1]))]
         ports += [(socket.SOCK_DGRAM, region["relays"][0]["public_port"]),
