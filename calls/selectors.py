@@ -17,10 +17,9 @@ from calls.placement import RegionCapacity, TransceiverLoad
 from fleet.heartbeats import RelayHeartbeat
 from fleet.keys import REBALANCE_HOLDS_KEY
 from fleet.nodes import ALLOCATABLE_STATES
-from fleet.redis_client import shared_redis
 from geo.models import Region
 from relays.models import RelayShard
-from relays.selectors import heartbeat_fresh, relay_heartbeats, transceiver_heartbeats
+from relays.selectors import fleet_read, heartbeat_fresh
 from transceivers.models import Transceiver
 
 
@@ -29,19 +28,17 @@ def _relay_serving(beats: list[RelayHeartbeat], now: float) -> bool:
     return fresh and not any(b.draining for b in beats)
 
 
-def relays_live(*, relays: Iterable[RelayShard]) -> list[RelayShard]:
-    """Relay shards that may carry new sessions: a fresh worker heartbeat, not draining, and a
-    stored health state that allows it (not down, suspect or draining)."""
-    relays = [r for r in relays if r.state in ALLOCATABLE_STATES]
-    if not relays:
-        return []
-    beats = relay_heartbeats(shards=[r.shard_id for r in relays])
-    now = time.time()
-    return [relay for relay in relays if _relay_serving(beats.get(relay.shard_id, []), now)]
+def relays_live(
+    *, relays: Iterable[RelayShard], beats: dict[int, list[RelayHeartbeat]], now: float
+) -> list[RelayShard]:
+    """Relay shards that may carry new sessions: a fresh worker heartbeat in ``beats``, not
+    draining, and a stored health state that allows it (not down, suspect or draining)."""
+    return [relay for relay in relays if relay.state in ALLOCATABLE_STATES
+            and _relay_serving(beats.get(relay.shard_id, []), now)]
 
 
-def _holds() -> dict[int, str]:
-    raw = shared_redis(settings.REDIS_URL).get(REBALANCE_HOLDS_KEY)
+def _holds(raw: bytes | str | None) -> dict[int, str]:
+    """The rebalancer's holds from the raw value of ``REBALANCE_HOLDS_KEY`` (None: expired)."""
     return {int(k): str(v) for k, v in json.loads(raw).items()} if raw else {}
 
 
@@ -73,11 +70,11 @@ def _sessions_of(node: str, **where: object) -> Coalesce:
 
 
 def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCapacity:
-    """What ``region`` can offer right now (heartbeats in Redis, live sessions in the DB)."""
+    """What ``region`` can offer right now (live sessions in the DB; then the heartbeats of its
+    relays and transceivers and the rebalancer's holds in one Redis round trip)."""
     since = pending_since()
     all_relays = list(RelayShard.objects.filter(region=region)
                       .annotate(live=_sessions_of("relay", state__in=LIVE_STATES)))
-    relays = relays_live(relays=all_relays)
     rows = list(
         Transceiver.objects.filter(region=region)
         .exclude(transceiver_id__in=list(exclude))
@@ -85,15 +82,19 @@ def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCap
                   pending=_sessions_of("transceiver", state__in=UNCONNECTED_STATES,
                                        created_at__gte=since))
     )
-    beats = transceiver_heartbeats(ids=[t.transceiver_id for t in rows])
-    now, holds = time.time(), _holds()
+    fleet = fleet_read(
+        shards=[r.shard_id for r in all_relays if r.state in ALLOCATABLE_STATES],
+        transceivers=[t.transceiver_id for t in rows], also=[REBALANCE_HOLDS_KEY],
+    )
+    now, holds = time.time(), _holds(fleet.others[0])
+    relays = relays_live(relays=all_relays, beats=fleet.relays, now=now)
     loads = tuple(
         TransceiverLoad(
             t, t.live, beat if beat is not None and heartbeat_fresh(beat.sent_at, now) else None,
             holds.get(t.transceiver_id, ""), t.pending, pending_cap(t.capacity),
         )
         for t in rows
-        for beat in [beats.get(t.transceiver_id)]
+        for beat in [fleet.transceivers.get(t.transceiver_id)]
     )
     return RegionCapacity(region, tuple(relays), loads, tuple(all_relays))
 

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
+from psycopg import pq as psycopg_pq
 
 from access.rules import Credential, Owner, check_offer, offer_region
 from calls.errors import BadOffer, NoCapacity, RateLimited, Unavailable
@@ -215,29 +216,91 @@ def session_create_within_capacity(
     counts the live and pending sessions and writes the row only below both caps, so concurrent
     signaling replicas cannot overfill it. The count cannot join the lock's statement: under
     READ COMMITTED a statement sees what was committed when it began, and one that waited for
-    the lock would miss the session its predecessor inserted."""
+    the lock would miss the session its predecessor inserted. On PostgreSQL (outside an
+    enclosing transaction) the four statements go in one round trip (``_create_pipelined``)."""
     for _ in range(UFRAG_ATTEMPTS):
         session = _new_session(placement, client_ip=client_ip, client_key=client_key,
                                owner=owner)
         try:
-            with transaction.atomic():
-                capacity = (Transceiver.objects.select_for_update()
-                            .values_list("capacity", flat=True)
-                            .get(pk=placement.transceiver.pk))
-                if not session_insert_below_caps(session, live_cap=capacity,
-                                                 pending_cap=pending_cap(capacity)):
-                    return None
+            if (connection.vendor == "postgresql" and not connection.in_atomic_block
+                    and connection.get_autocommit()):
+                inserted = _create_pipelined(session)
+            else:
+                inserted = _create_locked(session)
         except IntegrityError:  # ufrag collision (2^-32 per pair): mint another
             continue
+        if not inserted:
+            return None
         return session, mint_password(secrets.token_bytes(PASSWORD_BYTES))
     raise RuntimeError("could not mint a unique ufrag")
+
+
+def _create_locked(session: Session) -> bool:
+    """Lock the transceiver's row, read its capacity, insert below the caps (a transaction, or a
+    savepoint in an enclosing one); True when the row was written."""
+    with transaction.atomic():
+        capacity = (Transceiver.objects.select_for_update()
+                    .values_list("capacity", flat=True)
+                    .get(pk=session.transceiver_id))
+        return session_insert_below_caps(session, live_cap=capacity,
+                                         pending_cap=pending_cap(capacity))
+
+
+def _create_pipelined(session: Session) -> bool:
+    """PostgreSQL: ``BEGIN``, the row lock, the capped insert and ``COMMIT`` sent at once in
+    psycopg's pipeline mode, one round trip where a transaction costs four. The server still
+    runs them in order, and the insert's snapshot is taken when it starts, after the lock was
+    granted: it sees the row a predecessor committed. The caps come from the locked row in the
+    insert itself (``pending_cap``'s rule in SQL), as the plain path reads them under its lock.
+    True when the row was written; ``IntegrityError`` on a ufrag collision (rolled back)."""
+    meta, quote = Transceiver._meta, connection.ops.quote_name
+    table, pk = quote(meta.db_table), quote(str(meta.pk.column))  # type: ignore[union-attr]
+    share = float(settings.TRANSCEIVER_PENDING_SHARE)
+    capacity = f"{table}.{quote('capacity')}"
+    sql, params = _insert_below_caps_sql(
+        session, source=f" FROM {table}", guard=f"{table}.{pk} = %s AND ",
+        guard_params=[session.transceiver_id], live_cap=capacity, live_params=[],
+        pending_cap=f"GREATEST(1, FLOOR({capacity} * CAST(%s AS double precision)))",
+        pending_params=[share],
+    )
+    connection.ensure_connection()
+    raw = connection.connection  # autocommit (no enclosing atomic): BEGIN / COMMIT are ours
+    with connection.wrap_database_errors:
+        try:
+            with raw.pipeline():
+                raw.cursor().execute("BEGIN")
+                raw.cursor().execute(f"SELECT 1 FROM {table} WHERE {pk} = %s FOR UPDATE",
+                                     [session.transceiver_id])
+                insert = raw.cursor()
+                insert.execute(sql, params)
+                raw.cursor().execute("COMMIT")
+        except BaseException:
+            if raw.info.transaction_status != psycopg_pq.TransactionStatus.IDLE:
+                raw.execute("ROLLBACK")  # the failed transaction our BEGIN opened
+            raise
+    return insert.rowcount == 1
 
 
 def session_insert_below_caps(session: Session, *, live_cap: int, pending_cap: int) -> bool:
     """Insert ``session`` (unsaved) only while its transceiver holds fewer than ``live_cap``
     live and ``pending_cap`` unconnected sessions (``region_capacity``'s rule), in
-    one ``INSERT ... SELECT ... WHERE`` statement; True when the row was written. The ORM has
-    no conditional insert, hence the SQL; the column values still go through each field."""
+    one ``INSERT ... SELECT ... WHERE`` statement; True when the row was written."""
+    sql, params = _insert_below_caps_sql(session, live_cap="%s", pending_cap="%s",
+                                         live_params=[live_cap], pending_params=[pending_cap])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount == 1
+
+
+def _insert_below_caps_sql(
+    session: Session, *, live_cap: str, pending_cap: str, live_params: list[Any],
+    pending_params: list[Any], source: str = "", guard: str = "",
+    guard_params: list[Any] | None = None,
+) -> tuple[str, list[Any]]:
+    """``INSERT ... SELECT <session's values> <source> WHERE <guard> live < <live_cap> AND
+    pending < <pending_cap>`` and its parameters (``guard_params`` fill the guard's ``%s``,
+    ``live_params`` and ``pending_params`` the caps'). The ORM has no conditional insert,
+    hence the SQL; the column values still go through each field."""
     meta, ops = Session._meta, connection.ops
     fields = meta.concrete_fields
     values = [f.get_db_prep_save(f.pre_save(session, add=True), connection) for f in fields]
@@ -252,17 +315,15 @@ def session_insert_below_caps(session: Session, *, live_cap: int, pending_cap: i
     live_states = [str(s) for s in LIVE_STATES]
     unconnected = [str(s) for s in UNCONNECTED_STATES]
     sql = (
-        f"INSERT INTO {table} ({', '.join(named.values())}) SELECT {select} "
-        f"WHERE (SELECT COUNT(*) FROM {table} WHERE {xcvr} = %s"
-        f" AND {state} IN ({_placeholders(live_states)})) < %s"
+        f"INSERT INTO {table} ({', '.join(named.values())}) SELECT {select}{source} "
+        f"WHERE {guard}(SELECT COUNT(*) FROM {table} WHERE {xcvr} = %s"
+        f" AND {state} IN ({_placeholders(live_states)})) < {live_cap}"
         f" AND (SELECT COUNT(*) FROM {table} WHERE {xcvr} = %s"
-        f" AND {state} IN ({_placeholders(unconnected)}) AND {created} >= %s) < %s"
+        f" AND {state} IN ({_placeholders(unconnected)}) AND {created} >= %s) < {pending_cap}"
     )
-    params = [*values, session.transceiver_id, *live_states, live_cap,
-              session.transceiver_id, *unconnected, since, pending_cap]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount == 1
+    params = [*values, *(guard_params or []), session.transceiver_id, *live_states,
+              *live_params, session.transceiver_id, *unconnected, since, *pending_params]
+    return sql, params
 
 
 def _placeholders(values: list[str]) -> str:

@@ -18,7 +18,7 @@ from fleet.addresses import format_addr
 from fleet.heartbeats import RelayHeartbeat, TransceiverHeartbeat
 from geo.models import Region
 from relays.models import RelayShard
-from relays.selectors import heartbeat_fresh, relay_heartbeats, transceiver_heartbeats
+from relays.selectors import fleet_read, heartbeat_fresh
 from transceivers.models import Transceiver
 
 PACKET_COUNTERS = ("forwarded_in", "forwarded_out", "tcp_forwarded_in", "tcp_forwarded_out")
@@ -119,8 +119,9 @@ def fleet_snapshot() -> dict[str, Any]:
     live = Count("sessions", filter=Q(sessions__state__in=LIVE_STATES))
     relays = list(RelayShard.objects.annotate(live=live))
     transceivers = list(Transceiver.objects.annotate(live=live))
-    relay_beats = relay_heartbeats(shards=[r.shard_id for r in relays])
-    transceiver_beats = transceiver_heartbeats(ids=[t.transceiver_id for t in transceivers])
+    beats = fleet_read(shards=[r.shard_id for r in relays],
+                       transceivers=[t.transceiver_id for t in transceivers])
+    relay_beats, transceiver_beats = beats.relays, beats.transceivers
     regions = []
     for region in Region.objects.order_by("code"):
         entry: dict[str, Any] = {

@@ -106,6 +106,8 @@ class ControlServer:
             logger.exception("session %s: offer failed", request.session_id)
             reply = {"type": control.ERROR, "code": "internal", "detail": type(exc).__name__}
         await self._reply(request.reply_key, reply)
+        if reply["type"] == control.ANSWER:  # only now: they would compete with the reply
+            self.sessions.announce_answered(request.session_id)
 
     async def session_close(self, message: dict[str, Any]) -> None:
         session_id = str(message.get("session_id"))

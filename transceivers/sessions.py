@@ -97,7 +97,11 @@ class SessionManager:
         self, *, session_id: str, offer_sdp: str, ufrag: str, pwd: str, relay_public: Addr,
         relay_tcp_port: int = 0,
     ) -> str:
-        """Create the session and return its answer SDP; ``ControlError`` when refused."""
+        """Create the session and return its answer SDP; ``ControlError`` when refused.
+
+        The session is not announced yet: once the answer is on its way to signaling, the caller
+        calls ``announce_answered`` (its ``answered`` event and report would otherwise compete
+        with the reply on this loop)."""
         existing = self._sessions.get(session_id)
         if existing is not None and existing.ufrag == ufrag and existing.answer_sdp:
             return existing.answer_sdp  # a retried request: same answer
@@ -121,11 +125,19 @@ class SessionManager:
         session.answer_sdp = answer
         loop = asyncio.get_running_loop()
         session.timer = loop.call_later(self.connect_timeout, self._on_connect_timeout, session_id)
-        self._publish_in_order(session, EventState.ANSWERED)  # not awaited: the answer goes now
-        self._tasks.spawn(self._report_answered(session_id))
-        session.answered, session.answered_at = True, time.monotonic()
-        self._on_ice_state(session)  # checking may have begun before the answer was out
+        session.answered_at = time.monotonic()
         return answer
+
+    def announce_answered(self, session_id: str) -> None:
+        """Queue the ``answered`` event and report of a session ``open`` answered (neither is
+        awaited); nothing when it is gone or was announced already (a retried request)."""
+        session = self._sessions.get(session_id)
+        if session is None or session.answered or not session.answer_sdp:
+            return
+        self._publish_in_order(session, EventState.ANSWERED)
+        self._tasks.spawn(self._report_answered(session_id))
+        session.answered = True
+        self._on_ice_state(session)  # checking may have begun before the answer was out
 
     def _check_admission(self, session_id: str, ufrag: str, pwd: str) -> None:
         if self.draining:
@@ -178,7 +190,7 @@ class SessionManager:
             self._observe_setup(session, "ice")
         if (
             session.pc.iceConnectionState in ("checking", "completed")
-            and session.answered  # else open() calls again after publishing "answered"
+            and session.answered  # else announce_answered calls again once "answered" is out
             and not session.checking
             and self._sessions.get(session.session_id) is session
         ):

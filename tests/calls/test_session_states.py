@@ -47,7 +47,15 @@ def test_answered_leaves_an_ended_session_alone() -> None:
     assert session.state == SessionState.ENDED and session.transceiver_incarnation == ""
 
 
-@pytest.mark.django_db
+# Inside a test transaction the create takes a savepoint; outside one (as signaling runs it) on
+# PostgreSQL it sends lock and insert in one pipeline: both must count alike.
+IN_OR_OUTSIDE_A_TRANSACTION = [
+    pytest.param(marks=pytest.mark.django_db, id="in-a-transaction"),
+    pytest.param(marks=pytest.mark.django_db(transaction=True), id="outside-a-transaction"),
+]
+
+
+@pytest.mark.parametrize("", IN_OR_OUTSIDE_A_TRANSACTION)
 def test_create_within_capacity_counts_live_and_recent_unconnected_sessions(
     settings: Any,
 ) -> None:
@@ -79,3 +87,21 @@ def test_create_within_capacity_counts_live_and_recent_unconnected_sessions(
     assert create() is None  # live cap: 4 live, 1 pending
     services.session_end(session_id=str(second.id), state=SessionState.ENDED, reason="bye")
     assert create() is not None  # an ended session frees its place
+
+
+@pytest.mark.parametrize("", IN_OR_OUTSIDE_A_TRANSACTION)
+def test_a_ufrag_collision_retries_with_another_and_leaves_the_connection_usable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database's unique ufrag refuses a repeat: the create rolls back, mints another and
+    succeeds, and the connection takes the next query (no transaction left aborted)."""
+    region = make_region("eu-west", default=True)
+    relay, xcvr = make_nodes(region, 1)
+    placement = Placement(region, "nearest", relay, xcvr)
+    minted = iter(["collide1", "collide1", "distinct"])
+    monkeypatch.setattr(services, "mint_ufrag", lambda **_: next(minted))
+    first = services.session_create_within_capacity(placement=placement, client_ip=None)
+    second = services.session_create_within_capacity(placement=placement, client_ip=None)
+    assert first is not None and second is not None
+    assert (first[0].ufrag, second[0].ufrag) == ("collide1", "distinct")
+    assert sorted(Session.objects.values_list("ufrag", flat=True)) == ["collide1", "distinct"]
