@@ -25,6 +25,17 @@ def with_db(url: str, db: int) -> str:
     return urlunparse(urlparse(url)._replace(path=f"/{db}"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_edge_databases() -> Iterator[None]:
+    """The PostgreSQL databases the run's edges got of their own go when the run ends."""
+    yield
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith(("postgres://", "postgresql://")):
+        from whip.launch import drop_fresh_databases
+
+        drop_fresh_databases(url)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a real redis-server for this test run.

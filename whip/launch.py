@@ -108,6 +108,21 @@ def fresh_postgres_database(url: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def drop_fresh_databases(url: str) -> int:
+    """Drop every database ``fresh_postgres_database`` made in this process on ``url``'s server
+    (connections closed with them); how many it dropped."""
+    import psycopg
+
+    admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        names = [row[0] for row in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            [f"edge\\_{os.getpid()}\\_%"])]
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return len(names)
+
+
 def start_edge(tmp: Path, redis_url: str, regions: list[dict[str, Any]],
                extra_env: dict[str, str] | None = None,
                extra_args: list[str] | None = None) -> Edge:
