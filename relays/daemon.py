@@ -321,8 +321,7 @@ class Relay:
                 continue
             if checking:
                 if (count := dropped_count(ancdata)) is not None:
-                    core.drops[DropReason.RXQ_OVERFLOW] += count - self._kernel_dropped.get(fd, 0)
-                    self._kernel_dropped[fd] = count
+                    self._kernel_dropped_now(fd, count)
                 if not fresh(receive_time(ancdata), wall):
                     continue
                 checking = False
@@ -352,16 +351,18 @@ class Relay:
         wall, fresh = time.time(), self.core.fresh  # the kernel stamps with CLOCK_REALTIME
         fd = sock.fileno()
 
-        def dropped(count: int) -> None:  # the kernel's running count: add what is new
-            self.core.drops[DropReason.RXQ_OVERFLOW] += count - self._kernel_dropped.get(fd, 0)
-            self._kernel_dropped[fd] = count
-
         try:
             return receive_fresh(sock, self._bufs, lambda at: fresh(at, wall), limit=DRAIN_BATCH,
-                                 dropped=dropped)
+                                 dropped=lambda count: self._kernel_dropped_now(fd, count))
         except OSError as exc:  # the reader is called again while datagrams are queued
             self._drop(DropReason.RECV_ERROR, exc)
             return None
+
+    def _kernel_dropped_now(self, fd: int, count: int) -> None:
+        """The kernel's running count of datagrams it dropped at socket ``fd``'s full receive
+        queue (SO_RXQ_OVFL): add what is new to the core's drops."""
+        self.core.drops[DropReason.RXQ_OVERFLOW] += count - self._kernel_dropped.get(fd, 0)
+        self._kernel_dropped[fd] = count
 
     def _after_batch(self, now: float) -> None:
         """Once per drained batch: ask for an early registry poll if the core wants one."""

@@ -94,18 +94,21 @@ class Edge:
         return "\n".join(self.lines)
 
 
+def _admin_url(url: str) -> str:
+    """The ``postgres`` maintenance database on ``url``'s server."""
+    return urlunsplit(urlsplit(url)._replace(path="/postgres"))
+
+
 def fresh_postgres_database(url: str) -> str:
     """Create an empty database beside the one ``url`` names and return its URL, so each edge
     (and the unit tests' own test database) has a database of its own on a shared server."""
     import psycopg  # only when the edge runs on PostgreSQL
 
-    parts = urlsplit(url)
     name = f"edge_{os.getpid()}_{next(_DATABASES)}"
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(_admin_url(url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunsplit(parts._replace(path=f"/{name}"))
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 def drop_fresh_databases(url: str) -> int:
@@ -113,8 +116,7 @@ def drop_fresh_databases(url: str) -> int:
     (connections closed with them); how many it dropped."""
     import psycopg
 
-    admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(_admin_url(url), autocommit=True) as conn:
         names = [row[0] for row in conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s",
             [f"edge\\_{os.getpid()}\\_%"])]
