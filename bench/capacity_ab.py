@@ -19,27 +19,14 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 from aiortc import rtp
 from aiortc.codecs.base import Encoder
-from av import AudioFrame
 
-from bench.capacity import FRAME_S, MAX_LOSS, Step, _transceiver, step
+from bench.capacity import FRAME_S, MAX_LOSS, Step, _transceiver, step, tone_frames
 from bench.common import Row, write
 from transceivers import libopus, speedups
 
 VARIANTS = {"pyav": {"TRANSCEIVER_DIRECT_OPUS": "0"}, "direct": {"TRANSCEIVER_DIRECT_OPUS": "1"}}
-
-
-def _tone_frames(count: int) -> list[AudioFrame]:
-    frames = []
-    for i in range(count):
-        t = (np.arange(960) + i * 960) / 48_000
-        samples = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
-        frame = AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 48_000, i * 960
-        frames.append(frame)
-    return frames
 
 
 def codec_costs(frames: int = 500, rounds: int = 15) -> dict[str, float]:
@@ -48,7 +35,7 @@ def codec_costs(frames: int = 500, rounds: int = 15) -> dict[str, float]:
     lib = libopus.load()
     if lib is None:
         raise RuntimeError("no libopus to compare with")
-    tones = _tone_frames(frames)
+    tones = tone_frames(frames)
     makers: dict[str, Callable[[], Encoder]] = {
         "pyav": speedups.VoiceOpusEncoder, "direct": lambda: speedups.DirectOpusEncoder(lib)}
     costs: dict[str, list[float]] = {name: [] for name in makers}

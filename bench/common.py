@@ -43,15 +43,33 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _threads(pid: int) -> list[int]:
+    """Every thread of process ``pid`` (0: this one): Linux keeps an affinity per thread, and a
+    thread started before a process is pinned keeps floating."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid or os.getpid()}/task")]
+    except FileNotFoundError:
+        return [pid]
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    for tid in _threads(pid):
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
 def pin(cpu: int, pid: int = 0) -> None:
-    """Pin ``pid`` (0: this process) to ``cpu`` when the machine has it; a no-op otherwise."""
+    """Pin ``pid`` (0: this process), every thread of it, to ``cpu`` when the machine has it;
+    a no-op otherwise."""
     if hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
-        os.sched_setaffinity(pid, {cpu})
+        _set_affinity(pid, {cpu})
 
 
 def unpin(pid: int = 0) -> None:
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(pid, set(range(os.cpu_count() or 1)))
+        _set_affinity(pid, set(range(os.cpu_count() or 1)))
 
 
 def ratio(value: float, baseline: float) -> float | None:
