@@ -1,20 +1,21 @@
 """Transceiver CPU per echoed frame, variant against variant in the same run.
 
 Every variant is its own edge (``manage.py up`` with the variant's environment), all up at
-once; echo sessions (the capacity benchmark's clients, in this process) go to one edge at a
-time, rounds interleaved A B B A ... so drifting machine load falls on each variant alike. The
-figure is the transceiver process's CPU time over the window divided by the echoed frames the
-clients received in it (so a variant is not flattered by frames it lost), and the % of a core
-one session costs at 50 frames/s. Not pinned (as the README's transceiver figures).
+once; echo sessions (the capacity benchmark's clients, in this process, speaking
+``bench.capacity.SPEECH``) go to one edge at a time, rounds interleaved A B B A ... so drifting
+machine load falls on each variant alike. The figure is the transceiver process's CPU time over
+the window divided by the echoed frames the clients received in it (so a variant is not
+flattered by frames it lost), and the % of a core one session costs at 50 frames/s. Not pinned.
 
-Variants: the voice codec on libopus directly (``TRANSCEIVER_DIRECT_OPUS``, the default) and on
-PyAV's ``CodecContext`` (``TRANSCEIVER_DIRECT_OPUS=0``); and, in this process, encode
-microseconds per 20 ms frame of both encoders.
+Variants: the received-media hop of aiortc (``TRANSCEIVER_LEAN_RTP=0``) against the lean path
+(``transceivers.lean_rtp``, the default). In this process: voice Opus encode microseconds per
+20 ms frame, libopus directly against PyAV's ``CodecContext``, and speech against a tone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -22,30 +23,43 @@ from collections.abc import Callable
 from aiortc import rtp
 from aiortc.codecs.base import Encoder
 
-from bench.capacity import FRAME_S, MAX_LOSS, Step, _transceiver, step, tone_frames
+from bench.capacity import (
+    FRAME_S,
+    MAX_LOSS,
+    Step,
+    _transceiver,
+    speech_frames,
+    step,
+    tone_frames,
+)
 from bench.common import Row, write
 from transceivers import libopus, speedups
 
-VARIANTS = {"pyav": {"TRANSCEIVER_DIRECT_OPUS": "0"}, "direct": {"TRANSCEIVER_DIRECT_OPUS": "1"}}
+VARIANTS = {"stock": {"TRANSCEIVER_LEAN_RTP": "0"}, "lean": {"TRANSCEIVER_LEAN_RTP": "1"}}
+BASELINE = "stock"
 
 
 def codec_costs(frames: int = 500, rounds: int = 15) -> dict[str, float]:
-    """{"pyav"|"direct": encode us/frame}: this thread's CPU time, the least of interleaved
-    rounds (the round other work on the machine disturbed least)."""
+    """{"pyav"|"direct": encode us per tone frame, "speech": direct encode us per frame of
+    ``SPEECH``}: this thread's CPU time, the least of interleaved rounds (the round other work
+    on the machine disturbed least). No "speech" without espeak-ng."""
     lib = libopus.load()
     if lib is None:
         raise RuntimeError("no libopus to compare with")
-    tones = tone_frames(frames)
+    inputs = {"pyav": tone_frames(frames), "direct": tone_frames(frames)}
+    if shutil.which("espeak-ng"):
+        inputs["speech"] = (speech_frames() * (frames // 400 + 1))[:frames]
     makers: dict[str, Callable[[], Encoder]] = {
-        "pyav": speedups.VoiceOpusEncoder, "direct": lambda: speedups.DirectOpusEncoder(lib)}
-    costs: dict[str, list[float]] = {name: [] for name in makers}
+        "pyav": speedups.VoiceOpusEncoder, "direct": lambda: speedups.DirectOpusEncoder(lib),
+        "speech": lambda: speedups.DirectOpusEncoder(lib)}
+    costs: dict[str, list[float]] = {name: [] for name in inputs}
     for _ in range(rounds):
-        for name, make in makers.items():
-            encoder = make()
+        for name, audio in inputs.items():
+            encoder = makers[name]()
             started = time.thread_time()
-            for frame in tones:
+            for frame in audio:
                 encoder.encode(frame)
-            costs[name].append((time.thread_time() - started) / frames * 1e6)
+            costs[name].append((time.thread_time() - started) / len(audio) * 1e6)
     return {name: min(values) for name, values in costs.items()}
 
 
@@ -85,7 +99,7 @@ def run(quick: bool) -> list[Row]:
     stock_level = rtp.compute_audio_level_dbov
     costs = codec_costs(100 if quick else 500)
     try:
-        results = asyncio.run(rounds(3 if quick else 10, 2.0 if quick else 10.0,
+        results = asyncio.run(rounds(3 if quick else 20, 2.0 if quick else 10.0,
                                      2 if quick else 8))
     finally:
         rtp.compute_audio_level_dbov = stock_level
@@ -103,8 +117,8 @@ def run(quick: bool) -> list[Row]:
                                 f" ({s.loss:.0%})") for s in steps)
         rows.append(Row(
             f"capacity A/B: {name} transceiver CPU per echoed frame", median[name], "us",
-            baseline=None if name == "pyav" else median["pyav"],
-            ratio=None if name == "pyav" else median[name] / median["pyav"],
+            baseline=None if name == BASELINE else median[BASELINE],
+            ratio=None if name == BASELINE else median[name] / median[BASELINE],
             note=f"median of rounds {rounds_text} (worst client loss if >= 1 %): {core:.2f} % "
                  f"core/session (~{100 / core:.0f} sessions/core); {steps[0].sessions} sessions"))
     rows.append(Row(
@@ -112,4 +126,10 @@ def run(quick: bool) -> list[Row]:
         baseline=costs["pyav"], ratio=costs["direct"] / costs["pyav"],
         note="same process, thread CPU time, least of 15 interleaved rounds of 500 frames; "
              "baseline: PyAV CodecContext"))
+    if "speech" in costs:
+        rows.append(Row(
+            "capacity A/B: voice Opus encode per 20 ms frame of speech", costs["speech"], "us",
+            baseline=costs["direct"], ratio=costs["speech"] / costs["direct"],
+            note="libopus directly, espeak-ng speech (what the clients send); baseline: the "
+                 "440 Hz tone; libopus codes speech in its costlier speech modes"))
     return rows

@@ -25,7 +25,7 @@ from fleet.keys import (
 )
 from fleet.signals import wait_until_stopped
 from fleet.sockets import bind_udp
-from transceivers import aiortc_hook, speedups
+from transceivers import aiortc_hook, lean_rtp, speedups
 from transceivers.agents import AgentFactory, EchoAgent
 from transceivers.background import BackgroundTasks
 from transceivers.control_server import ControlServer
@@ -111,6 +111,7 @@ class Transceiver:
         initial = self.config.dtls_retransmit
         aiortc_hook.install(RetransmitPolicy(initial=initial) if initial > 0 else None)
         speedups.install()
+        lean_rtp.install()
         sock = bind_udp((self.config.bind_host, self.config.bind_port), buffer=SOCKET_BUFFER)
         self.mux = IceMux(sock)
         self.mux.start()

@@ -18,6 +18,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from fleet.addresses import Addr
+from transceivers import lean_rtp
 from transceivers.agents import AgentFactory, VoiceAgent
 from transceivers.aiortc_hook import MuxBinding, bind_next_connection
 from transceivers.background import BackgroundTasks
@@ -204,6 +205,8 @@ class SessionManager:
         if state == "connected" and not session.connected:
             session.connected = True
             self._observe_setup(session, "dtls")
+            if lean_rtp.active():
+                lean_rtp.attach(session.pc)
             if session.timer is not None:
                 session.timer.cancel()
             self._tasks.spawn(self._report_connected(session))

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import aioice
@@ -78,6 +79,8 @@ class VirtualProtocol(StunProtocol):
     checks (aioice sends those with ``retransmissions=0``) keep aioice's timing.
     """
 
+    media_sink: Callable[[bytes], bool] | None = None  # see datagram_received
+
     async def request(
         self,
         request: stun.Message,
@@ -98,6 +101,21 @@ class VirtualProtocol(StunProtocol):
             return await transaction.run()
         finally:
             del self.transactions[request.transaction_id]
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        """SRTP/SRTCP (RFC 7983: first byte 128-191) to ``media_sink`` when the session has one
+        (``transceivers.lean_rtp``); anything else that cannot be STUN (first byte above 3)
+        straight to the connection, without aioice's attempt to parse it as STUN first."""
+        assert isinstance(data, bytes)
+        first = data[0] if data else 0
+        if first > 3:
+            if 127 < first < 192:
+                sink = self.media_sink
+                if sink is not None and sink(data):
+                    return
+            self.receiver.data_received(data, self.local_candidate.component)
+            return
+        super().datagram_received(data, addr)
 
 
 

@@ -94,5 +94,5 @@ def test_codec_costs_measure_both_voice_codecs() -> None:
     from bench.capacity_ab import codec_costs
 
     costs = codec_costs(frames=3, rounds=1)
-    assert set(costs) == {"pyav", "direct"}
+    assert {"pyav", "direct"} <= set(costs) <= {"pyav", "direct", "speech"}
     assert all(cost > 0 for cost in costs.values())

@@ -1,0 +1,152 @@
+"""The received-media hop aiortc spends per packet, taken out (``TRANSCEIVER_LEAN_RTP``).
+
+Every datagram a session receives goes, in aiortc 1.16, from aioice's protocol (which first
+tries to parse it as STUN: an exception per RTP packet) into the connection's ``asyncio.Queue``,
+whose getter, the DTLS transport's reader task, wakes on the next loop iteration to unprotect
+it and hand it to the RTP receiver. At 50 packets a second per call that is a future, a queue
+hand-off and a task step per packet before any media work.
+
+Once a session's DTLS transport is connected, ``attach`` gives the session's mux protocols a
+``media_sink``: SRTP and SRTCP datagrams (RFC 7983: first byte 128-191) are unprotected and
+handled at once, in the mux's read callback, by the same aiortc methods the reader task would
+call (``_handle_rtp_data`` / ``_handle_rtcp_data``), so the receiver, its statistics and the
+jitter buffer see the same packets in the same order. Those methods are coroutines that never
+wait for audio (aiortc awaits only REMB, NACK and PLI sends, all video, and sends that complete
+at once); ``drive`` runs one to its end and, should it ever wait, lets a task finish it. STUN and
+DTLS keep aioice's path; a datagram that is neither is dropped, as aiortc drops it.
+
+``install`` also swaps aiortc's ``clock.current_ntp_time`` and ``clock.current_ms`` (called for
+every packet sent and received) for versions on ``time.time()`` that return the same values
+without building ``datetime`` objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pylibsrtp
+from aiortc import clock
+from aiortc.rtcdtlstransport import State
+from aiortc.rtcpeerconnection import RTCPeerConnection
+from aiortc.rtp import is_rtcp
+
+logger = logging.getLogger(__name__)
+
+NTP_UNIX_OFFSET = 2_208_988_800  # seconds from the NTP epoch (1900) to the Unix epoch (1970)
+_stock_ntp_time, _stock_ms = clock.current_ntp_time, clock.current_ms
+handled = 0  # datagrams the sinks of this process took (authentic or not): for tests
+
+
+def ntp_time() -> int:
+    """``aiortc.clock.current_ntp_time``: 32.32 fixed-point NTP time, microsecond resolution."""
+    micros = time.time_ns() // 1000
+    seconds, micro = divmod(micros, 1_000_000)
+    return ((seconds + NTP_UNIX_OFFSET) << 32) | (micro << 32) // 1_000_000
+
+
+def ntp_ms() -> int:
+    """``aiortc.clock.current_ms``: milliseconds since the NTP epoch."""
+    return (time.time_ns() // 1000 + NTP_UNIX_OFFSET * 1_000_000) // 1000
+
+
+async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    while True:
+        if waiting is None:  # a bare yield (asyncio.sleep(0))
+            await asyncio.sleep(0)
+        else:
+            try:
+                await waiting
+            except BaseException:  # noqa: BLE001  the coroutine reads the outcome itself
+                pass
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+
+
+def drive(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` now, to its end if it never waits; if it does, a task finishes it. Its
+    exceptions are logged (as a task's would be), never raised to the caller."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        logger.exception("handling a received packet failed")
+        return
+    asyncio.ensure_future(_finish(coro, waiting)).add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("handling a received packet failed", exc_info=task.exception())
+
+
+def srtp_sink(dtls: Any) -> Callable[[bytes], bool]:
+    """What the mux calls for an RTP or RTCP datagram of the session of DTLS transport
+    ``dtls``: True when handled here (or dropped as aiortc would), False to leave it to
+    aioice's path (the transport is not connected any more)."""
+    rx = dtls._rx_srtp
+    handle_rtp, handle_rtcp = dtls._handle_rtp_data, dtls._handle_rtcp_data
+    current_ms = clock.current_ms
+
+    def sink(data: bytes) -> bool:
+        global handled
+        if dtls._state is not State.CONNECTED:
+            return False
+        handled += 1
+        try:
+            if is_rtcp(data):
+                drive(handle_rtcp(rx.unprotect_rtcp(data)))
+            else:
+                arrival = current_ms()
+                drive(handle_rtp(rx.unprotect(data), arrival_time_ms=arrival))
+        except pylibsrtp.Error:  # forged, replayed or damaged: aiortc drops it too
+            pass
+        return True
+
+    return sink
+
+
+def attach(pc: RTCPeerConnection) -> int:
+    """Give the mux protocols under ``pc``'s (bundled, connected) transport the SRTP sink;
+    returns how many protocols took it (0 where the transport is not on the mux)."""
+    attached = 0
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is None or dtls._rx_srtp is None:
+            continue
+        sink = srtp_sink(dtls)
+        for protocol in dtls.transport._connection._protocols:
+            if hasattr(protocol, "media_sink"):
+                protocol.media_sink = sink
+                attached += 1
+        break  # bundled: one transport carries every m-line
+    return attached
+
+
+_active = False  # set by install: sessions attach the sink
+
+
+def enabled() -> bool:
+    return os.environ.get("TRANSCEIVER_LEAN_RTP", "1") != "0"
+
+
+def active() -> bool:
+    """Whether sessions should ``attach`` (``install`` switched the lean path on)."""
+    return _active
+
+
+def install(on: bool | None = None) -> None:
+    """Switch the lean path on (default ``TRANSCEIVER_LEAN_RTP``, on) or off: sessions attach
+    the SRTP sink, and aiortc's clock runs on ``time.time()``; off restores aiortc's clock."""
+    global _active
+    lean = enabled() if on is None else on
+    _active = lean
+    clock.current_ntp_time = ntp_time if lean else _stock_ntp_time  # type: ignore[assignment]
+    clock.current_ms = ntp_ms if lean else _stock_ms  # type: ignore[assignment]
