@@ -6,9 +6,10 @@ import json
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import Count, Field, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -21,6 +22,13 @@ from geo.models import Region
 from relays.models import RelayShard
 from relays.selectors import fleet_read, heartbeat_fresh
 from transceivers.models import Transceiver
+
+
+_RELAY, _TRANSCEIVER = 0, 1  # ``_region_nodes_query``'s row kinds
+_RELAY_FIELDS: list[Field[Any, Any]] = list(RelayShard._meta.concrete_fields)
+_XCVR_FIELDS: list[Field[Any, Any]] = list(Transceiver._meta.concrete_fields)
+_RELAY_NAMES = [f.attname for f in _RELAY_FIELDS]
+_XCVR_NAMES = [f.attname for f in _XCVR_FIELDS]
 
 
 def _relay_serving(beats: list[RelayHeartbeat], now: float) -> bool:
@@ -69,19 +77,69 @@ def _sessions_of(node: str, **where: object) -> Coalesce:
     return Coalesce(Subquery(rows), 0)
 
 
-def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCapacity:
-    """What ``region`` can offer right now (live sessions in the DB; then the heartbeats of its
-    relays and transceivers and the rebalancer's holds in one Redis round trip)."""
+def _region_nodes_query(*, region: Region, exclude: Iterable[int]) -> QuerySet[Any, Any]:
+    """One ``UNION ALL`` over ``region``'s relay shards (with their live count) and transceivers
+    (with their live and pending counts), so the capacity read is one round trip.
+
+    Each row is ``kind`` (``_RELAY`` or ``_TRANSCEIVER``), the relay shard's columns, the
+    transceiver's columns, ``live``, ``pending``: a row fills its own kind's columns and carries
+    typed NULLs in the other's (typed so that each column keeps its field's converters; the
+    compound's column types are the branches' common ones, NULL takes the other's). Both counts
+    stay correlated subqueries over the ``(state, transceiver)`` index (``_sessions_of``), never a
+    join over the sessions a node ever had."""
     since = pending_since()
-    all_relays = list(RelayShard.objects.filter(region=region)
-                      .annotate(live=_sessions_of("relay", state__in=LIVE_STATES)))
-    rows = list(
-        Transceiver.objects.filter(region=region)
-        .exclude(transceiver_id__in=list(exclude))
-        .annotate(live=_sessions_of("transceiver", state__in=LIVE_STATES),
-                  pending=_sessions_of("transceiver", state__in=UNCONNECTED_STATES,
-                                       created_at__gte=since))
+
+    def nulls(fields: list[Field[Any, Any]], prefix: str) -> dict[str, Value]:
+        return {f"{prefix}_{f.attname}": Value(None, output_field=f) for f in fields}
+
+    relay_nulls, xcvr_nulls = nulls(_XCVR_FIELDS, "x"), nulls(_RELAY_FIELDS, "r")
+    relays = (
+        RelayShard.objects.filter(region=region).order_by()
+        .annotate(kind=Value(_RELAY), live=_sessions_of("relay", state__in=LIVE_STATES),
+                  pending=Value(0), **relay_nulls)
+        .values_list("kind", *(f.attname for f in _RELAY_FIELDS), *relay_nulls,
+                     "live", "pending")
     )
+    transceivers = (
+        Transceiver.objects.filter(region=region).exclude(transceiver_id__in=list(exclude))
+        .order_by()
+        .annotate(kind=Value(_TRANSCEIVER), live=_sessions_of("transceiver", state__in=LIVE_STATES),
+                  pending=_sessions_of("transceiver", state__in=UNCONNECTED_STATES,
+                                       created_at__gte=since), **xcvr_nulls)
+        .values_list("kind", *xcvr_nulls, *(f.attname for f in _XCVR_FIELDS), "live", "pending")
+    )
+    return relays.union(transceivers, all=True)
+
+
+def _region_nodes(
+    *, region: Region, exclude: Iterable[int]
+) -> tuple[list[RelayShard], list[Transceiver]]:
+    """``region``'s relay shards (``live`` annotated) by shard id and its transceivers but
+    ``exclude`` (``live`` and ``pending`` annotated) by transceiver id, from one statement."""
+    relays: list[RelayShard] = []
+    transceivers: list[Transceiver] = []
+    db, r_names, x_names = RelayShard.objects.db, _RELAY_NAMES, _XCVR_NAMES
+    r_end = 1 + len(r_names)
+    for row in _region_nodes_query(region=region, exclude=exclude):
+        live, pending = row[-2], row[-1]
+        if row[0] == _RELAY:
+            relay = RelayShard.from_db(db, r_names, row[1:r_end])
+            relay.live = live  # type: ignore[attr-defined]  # as ``annotate`` would set it
+            relays.append(relay)
+        else:
+            xcvr = Transceiver.from_db(db, x_names, row[r_end:-2])
+            xcvr.live, xcvr.pending = live, pending  # type: ignore[attr-defined]
+            transceivers.append(xcvr)
+    relays.sort(key=lambda r: r.shard_id)  # the models' orderings (a compound has none)
+    transceivers.sort(key=lambda t: t.transceiver_id)
+    return relays, transceivers
+
+
+def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCapacity:
+    """What ``region`` can offer right now: its relays and transceivers with their live sessions
+    in one DB round trip (``_region_nodes``), then the heartbeats of its relays and transceivers
+    and the rebalancer's holds in one Redis round trip."""
+    all_relays, rows = _region_nodes(region=region, exclude=exclude)
     fleet = fleet_read(
         shards=[r.shard_id for r in all_relays if r.state in ALLOCATABLE_STATES],
         transceivers=[t.transceiver_id for t in rows], also=[REBALANCE_HOLDS_KEY],
@@ -90,8 +148,8 @@ def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCap
     relays = relays_live(relays=all_relays, beats=fleet.relays, now=now)
     loads = tuple(
         TransceiverLoad(
-            t, t.live, beat if beat is not None and heartbeat_fresh(beat.sent_at, now) else None,
-            holds.get(t.transceiver_id, ""), t.pending, pending_cap(t.capacity),
+            t, t.live, beat if beat is not None and heartbeat_fresh(beat.sent_at, now) else None,  # type: ignore[attr-defined]
+            holds.get(t.transceiver_id, ""), t.pending, pending_cap(t.capacity),  # type: ignore[attr-defined]
         )
         for t in rows
         for beat in [fleet.transceivers.get(t.transceiver_id)]
