@@ -23,7 +23,6 @@ from relays.models import RelayShard
 from relays.selectors import fleet_read, heartbeat_fresh
 from transceivers.models import Transceiver
 
-
 _RELAY, _TRANSCEIVER = 0, 1  # ``_region_nodes_query``'s row kinds
 _RELAY_FIELDS: list[Field[Any, Any]] = list(RelayShard._meta.concrete_fields)
 _XCVR_FIELDS: list[Field[Any, Any]] = list(Transceiver._meta.concrete_fields)
@@ -113,25 +112,25 @@ def _region_nodes_query(*, region: Region, exclude: Iterable[int]) -> QuerySet[A
 
 def _region_nodes(
     *, region: Region, exclude: Iterable[int]
-) -> tuple[list[RelayShard], list[Transceiver]]:
-    """``region``'s relay shards (``live`` annotated) by shard id and its transceivers but
-    ``exclude`` (``live`` and ``pending`` annotated) by transceiver id, from one statement."""
+) -> tuple[list[RelayShard], list[tuple[Transceiver, int, int]]]:
+    """``region``'s relay shards (``live`` annotated) by shard id, and its transceivers but
+    ``exclude`` with their live and pending counts by transceiver id, from one statement."""
     relays: list[RelayShard] = []
-    transceivers: list[Transceiver] = []
-    db, r_names, x_names = RelayShard.objects.db, _RELAY_NAMES, _XCVR_NAMES
+    transceivers: list[tuple[Transceiver, int, int]] = []
+    query = _region_nodes_query(region=region, exclude=exclude)
+    db, r_names, x_names = query.db, _RELAY_NAMES, _XCVR_NAMES
     r_end = 1 + len(r_names)
-    for row in _region_nodes_query(region=region, exclude=exclude):
+    for row in query:
         live, pending = row[-2], row[-1]
         if row[0] == _RELAY:
             relay = RelayShard.from_db(db, r_names, row[1:r_end])
             relay.live = live  # type: ignore[attr-defined]  # as ``annotate`` would set it
             relays.append(relay)
         else:
-            xcvr = Transceiver.from_db(db, x_names, row[r_end:-2])
-            xcvr.live, xcvr.pending = live, pending  # type: ignore[attr-defined]
-            transceivers.append(xcvr)
+            transceivers.append(
+                (Transceiver.from_db(db, x_names, row[r_end:-2]), int(live), int(pending)))
     relays.sort(key=lambda r: r.shard_id)  # the models' orderings (a compound has none)
-    transceivers.sort(key=lambda t: t.transceiver_id)
+    transceivers.sort(key=lambda t: t[0].transceiver_id)
     return relays, transceivers
 
 
@@ -142,16 +141,16 @@ def region_capacity(*, region: Region, exclude: Iterable[int] = ()) -> RegionCap
     all_relays, rows = _region_nodes(region=region, exclude=exclude)
     fleet = fleet_read(
         shards=[r.shard_id for r in all_relays if r.state in ALLOCATABLE_STATES],
-        transceivers=[t.transceiver_id for t in rows], also=[REBALANCE_HOLDS_KEY],
+        transceivers=[t.transceiver_id for t, _, _ in rows], also=[REBALANCE_HOLDS_KEY],
     )
     now, holds = time.time(), _holds(fleet.others[0])
     relays = relays_live(relays=all_relays, beats=fleet.relays, now=now)
     loads = tuple(
         TransceiverLoad(
-            t, t.live, beat if beat is not None and heartbeat_fresh(beat.sent_at, now) else None,  # type: ignore[attr-defined]
-            holds.get(t.transceiver_id, ""), t.pending, pending_cap(t.capacity),  # type: ignore[attr-defined]
+            t, live, beat if beat is not None and heartbeat_fresh(beat.sent_at, now) else None,
+            holds.get(t.transceiver_id, ""), pending, pending_cap(t.capacity),
         )
-        for t in rows
+        for t, live, pending in rows
         for beat in [fleet.transceivers.get(t.transceiver_id)]
     )
     return RegionCapacity(region, tuple(relays), loads, tuple(all_relays))
