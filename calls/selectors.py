@@ -24,7 +24,7 @@ from relays.models import RelayShard
 from relays.selectors import fleet_read, heartbeat_fresh
 from transceivers.models import Transceiver
 
-_RELAY, _TRANSCEIVER = 0, 1  # ``_region_nodes_query``'s row kinds
+_RELAY, _TRANSCEIVER = 0, 1  # ``_region_nodes_sql``'s row kinds
 _RELAY_FIELDS: list[Field[Any, Any]] = list(RelayShard._meta.concrete_fields)
 _XCVR_FIELDS: list[Field[Any, Any]] = list(Transceiver._meta.concrete_fields)
 _RELAY_NAMES = [f.attname for f in _RELAY_FIELDS]
@@ -73,13 +73,14 @@ def _region_nodes_sql(*, excluded: int) -> str:
     One ``UNION ALL``: ``kind`` (``_RELAY`` or ``_TRANSCEIVER``), the relay shard's columns, the
     transceiver's columns, ``live``, ``pending``; a row fills its own kind's columns and NULLs
     the other's (a compound's column takes its type from the branch that has one). The counts
-    are correlated ``COUNT(*)`` subqueries that read only a node's live rows (the
-    ``(state, transceiver)`` index; a relay's through its foreign key's), never a join over every
-    session a node ever had. Raw SQL rather than the ORM's ``union()`` of two annotated
-    querysets: the same statement, but building and compiling that took ~3 ms of Python per
-    offer, three times the query itself (PostgreSQL, issue 15 item 4). Names come from the
-    models' metadata; the values (states, region, cut-off, exclusions) are parameters:
-    ``_region_nodes_params``."""
+    are correlated ``COUNT(*)`` subqueries over an index (a transceiver's: ``(state,
+    transceiver)``, live rows only; a relay's: PostgreSQL takes that index's ``state``, SQLite
+    the relay foreign key's), never a join over every session a node ever had.
+
+    Raw SQL rather than the ORM's ``union()`` of two annotated querysets: the same statement,
+    but building and compiling that took ~3 ms of Python per offer, three times the query itself
+    (PostgreSQL, issue 15 item 4). Names come from the models' metadata; the values (states,
+    region, cut-off, exclusions) are parameters: ``_region_nodes_params``."""
     quote, meta = connection.ops.quote_name, Session._meta
     table = quote(meta.db_table)
     column = {f.name: quote(str(f.column)) for f in meta.concrete_fields}
@@ -87,8 +88,9 @@ def _region_nodes_sql(*, excluded: int) -> str:
     xcvr_table = quote(Transceiver._meta.db_table)
 
     def count(node: str, outer: str, states: int, since: bool = False) -> str:
+        target = str(meta.get_field(node).target_field.column)  # type: ignore[union-attr]
         recent = f" AND s.{column['created_at']} >= %s" if since else ""
-        return (f"(SELECT COUNT(*) FROM {table} s WHERE s.{column[node]} = {outer}.{quote('id')}"
+        return (f"(SELECT COUNT(*) FROM {table} s WHERE s.{column[node]} = {outer}.{quote(target)}"
                 f" AND s.{column['state']} IN ({_placeholders(states)}){recent})")
 
     def cols(alias: str, fields: list[Field[Any, Any]]) -> str:
@@ -100,7 +102,8 @@ def _region_nodes_sql(*, excluded: int) -> str:
     lives, unconnected = len(LIVE_STATES), len(UNCONNECTED_STATES)
     region_r = f"r.{quote(str(RelayShard._meta.get_field('region').column))}"
     region_t = f"t.{quote(str(Transceiver._meta.get_field('region').column))}"
-    not_in = (f" AND t.{quote('transceiver_id')} NOT IN ({_placeholders(excluded)})"
+    xcvr_id = quote(str(Transceiver._meta.get_field("transceiver_id").column))
+    not_in = (f" AND t.{xcvr_id} NOT IN ({_placeholders(excluded)})"
               if excluded else "")
     return (
         f"SELECT {_RELAY}, {cols('r', _RELAY_FIELDS)}, {nulls(_XCVR_FIELDS)},"
