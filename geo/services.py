@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import transaction
 
 from geo.models import Region
+from geo.selectors import regions_cache_clear
 
 
 @transaction.atomic
@@ -37,7 +38,10 @@ def region_ensure_default() -> Region:
 
 
 def regions_set_enabled(*, codes: Iterable[str], enabled: bool) -> int:
-    """Enable or disable the regions ``codes``; return how many rows changed."""
-    return Region.objects.filter(code__in=list(codes)).exclude(enabled=enabled).update(
+    """Enable or disable the regions ``codes``; return how many rows changed (a bulk update
+    sends no model signal: it clears steering's cached regions itself)."""
+    changed = Region.objects.filter(code__in=list(codes)).exclude(enabled=enabled).update(
         enabled=enabled
     )
+    regions_cache_clear()
+    return changed

@@ -72,3 +72,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def _regions_cache_clear() -> None:
+    """Steering's cached regions start empty in each test: a test's rolled-back regions send no
+    signal, and the next test must not see them (``geo.selectors.regions_by_code``)."""
+    from geo.selectors import regions_cache_clear
+
+    regions_cache_clear()

@@ -132,7 +132,9 @@ async def test_full_call_through_a_non_default_region(geo_edge: Edge) -> None:
 
 
 def _set_enabled(edge: Edge, code: str, enabled: bool) -> None:
-    """Flip a region through the running system's own database, as the admin would."""
+    """Flip a region through the running system's own database, as the admin would, and wait
+    until the edge steers by it: another process's change reaches the edge's cached regions
+    within ``geo.selectors.REGIONS_CACHE_TTL``."""
     import subprocess
     import sys
 
@@ -143,6 +145,14 @@ def _set_enabled(edge: Edge, code: str, enabled: bool) -> None:
                f"regions_set_enabled(codes=[{code!r}], enabled={enabled})")
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "shell", "-c", code_py],
                    env=env, check=True, cwd=ROOT, capture_output=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        regions = get_json(edge.base_url + "/v1/regions")["regions"]
+        status = next(r for r in regions if r["code"] == code)["status"]
+        if (status == "disabled") != enabled:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the edge still shows {code} as {status}")
 
 
 async def test_disabled_nearest_region_falls_back_with_reason(geo_edge: Edge) -> None:
