@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 OPUS_APPLICATION_VOIP = 2048
 OPUS_SET_BITRATE = 4002
+OPUS_SET_MAX_BANDWIDTH = 4004
 OPUS_SET_VBR = 4006
 OPUS_SET_COMPLEXITY = 4010
 OPUS_SET_INBAND_FEC = 4012
@@ -37,6 +38,8 @@ OPUS_SET_DTX = 4016
 OPUS_SET_VBR_CONSTRAINT = 4020
 OPUS_SET_PHASE_INVERSION_DISABLED = 4046
 MAX_PACKET = 4000  # bytes: libopus's recommended output buffer for one packet
+# OPUS_SET_MAX_BANDWIDTH values (opus_defines.h): audio bandwidth 8, 12 and 20 kHz
+BANDWIDTHS = {"wideband": 1103, "superwideband": 1104, "fullband": 1105}
 
 _c_int_p = ctypes.POINTER(ctypes.c_int)
 
@@ -96,9 +99,11 @@ def load() -> ctypes.CDLL | None:
 class Encoder:
     """One libopus encoder, configured as FFmpeg's ``libopusenc`` configures the voice encoder
     PyAV would open (``application=voip``, ``bit_rate``, FFmpeg's defaults for the rest:
-    complexity 10, unconstrained VBR, no FEC, no DTX, 0 % expected loss, phase inversion on)."""
+    complexity 10, unconstrained VBR, no FEC, no DTX, 0 % expected loss, phase inversion on);
+    ``complexity`` (0-10) and ``max_bandwidth`` (a ``BANDWIDTHS`` name) trade quality for CPU."""
 
-    def __init__(self, lib: ctypes.CDLL, sample_rate: int, channels: int, bitrate: int) -> None:
+    def __init__(self, lib: ctypes.CDLL, sample_rate: int, channels: int, bitrate: int,
+                 complexity: int = 10, max_bandwidth: str = "fullband") -> None:
         self._lib = lib
         error = ctypes.c_int()
         handle = lib.opus_encoder_create(sample_rate, channels, OPUS_APPLICATION_VOIP,
@@ -106,7 +111,8 @@ class Encoder:
         if not handle:
             raise OpusError("opus_encoder_create", error.value, lib)
         self._handle: ctypes.c_void_p | None = ctypes.c_void_p(handle)
-        for request, value in ((OPUS_SET_BITRATE, bitrate), (OPUS_SET_COMPLEXITY, 10),
+        for request, value in ((OPUS_SET_BITRATE, bitrate), (OPUS_SET_COMPLEXITY, complexity),
+                               (OPUS_SET_MAX_BANDWIDTH, BANDWIDTHS[max_bandwidth]),
                                (OPUS_SET_VBR, 1), (OPUS_SET_VBR_CONSTRAINT, 0),
                                (OPUS_SET_PACKET_LOSS_PERC, 0), (OPUS_SET_INBAND_FEC, 0),
                                (OPUS_SET_PHASE_INVERSION_DISABLED, 0), (OPUS_SET_DTX, 0)):

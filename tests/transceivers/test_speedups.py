@@ -239,6 +239,39 @@ def test_direct_encoder_sends_what_pyav_sends(channels: int, samples: int) -> No
     assert sent >= 40 * samples // 960 - 1
 
 
+@pytest.mark.parametrize("settings", [
+    speedups.VoiceOpusSettings(5, "wideband"), speedups.VoiceOpusSettings(9, "superwideband"),
+    speedups.VoiceOpusSettings(0, "fullband")])
+def test_cheaper_opus_settings_are_what_ffmpeg_would_send(
+        settings: speedups.VoiceOpusSettings) -> None:
+    """A lower complexity or bandwidth: the direct encoder still sends what PyAV's libopusenc
+    sends with the matching options, and no packet codes more than the bandwidth allows (the
+    TOC byte's configuration, RFC 6716 section 3.1)."""
+    pyav = speedups.VoiceOpusEncoder(settings)
+    direct = speedups.DirectOpusEncoder(LIBOPUS, settings)
+    widest = {"wideband": 11, "superwideband": 13, "fullband": 15}[settings.bandwidth]
+    celt_widest = {"wideband": 23, "superwideband": 27, "fullband": 31}[settings.bandwidth]
+    for frame in _tones(40, 1, 960):
+        expected = pyav.encode(frame)
+        assert direct.encode(frame) == expected
+        for payload in expected[0]:
+            config = payload[0] >> 3
+            assert config <= widest or 16 <= config <= celt_widest, (config, settings)
+
+
+def test_opus_settings_come_from_the_environment_and_are_checked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert speedups.VoiceOpusSettings.from_env() == speedups.VoiceOpusSettings(10, "fullband")
+    monkeypatch.setenv("TRANSCEIVER_OPUS_COMPLEXITY", "5")
+    monkeypatch.setenv("TRANSCEIVER_OPUS_BANDWIDTH", "wideband")
+    assert speedups.VoiceOpusSettings.from_env() == speedups.VoiceOpusSettings(5, "wideband")
+    with pytest.raises(ValueError, match="0-10"):
+        speedups.VoiceOpusSettings(11)
+    monkeypatch.setenv("TRANSCEIVER_OPUS_BANDWIDTH", "narrow")
+    with pytest.raises(ValueError, match="wideband, superwideband, fullband"):
+        speedups.VoiceOpusSettings.from_env()
+
+
 async def test_direct_codec_through_aiortcs_sender_and_receiver(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A real aiortc call, both ends on the transceiver's codec as installed (libopus direct
