@@ -7,14 +7,17 @@ machine load falls on each variant alike. The figure is the transceiver process'
 the window divided by the echoed frames the clients received in it (so a variant is not
 flattered by frames it lost), and the % of a core one session costs at 50 frames/s. Not pinned.
 
-Variants: the received-media hop of aiortc (``TRANSCEIVER_LEAN_RTP=0``) against the lean path
-(``transceivers.lean_rtp``, the default). In this process: voice Opus encode microseconds per
-20 ms frame, libopus directly against PyAV's ``CodecContext``, and speech against a tone.
+Variants (``VARIANTS``; ``BENCH_AB`` sets others): the received-media hop of aiortc
+(``TRANSCEIVER_LEAN_RTP=0``) against the lean path (``transceivers.lean_rtp``, the default).
+In this process: voice Opus encode microseconds per 20 ms frame, libopus directly against
+PyAV's ``CodecContext``, and speech against a tone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import statistics
 import time
@@ -35,8 +38,12 @@ from bench.capacity import (
 from bench.common import Row, write
 from transceivers import libopus, speedups
 
-VARIANTS = {"stock": {"TRANSCEIVER_LEAN_RTP": "0"}, "lean": {"TRANSCEIVER_LEAN_RTP": "1"}}
-BASELINE = "stock"
+# {name: the edge's environment}, the first the baseline; BENCH_AB (the same as JSON) asks
+# another question, e.g. '{"c10": {}, "c5-wb": {"TRANSCEIVER_OPUS_COMPLEXITY": "5",
+# "TRANSCEIVER_OPUS_BANDWIDTH": "wideband"}}'
+VARIANTS: dict[str, dict[str, str]] = json.loads(os.environ.get("BENCH_AB", "null")) or {
+    "stock": {"TRANSCEIVER_LEAN_RTP": "0"}, "lean": {"TRANSCEIVER_LEAN_RTP": "1"}}
+BASELINE = next(iter(VARIANTS))
 
 
 def codec_costs(frames: int = 500, rounds: int = 15) -> dict[str, float]:
