@@ -6,13 +6,14 @@ import os
 
 from asgiref.sync import sync_to_async
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-from django.core.asgi import get_asgi_application
 from django.core.exceptions import SuspiciousOperation
 from django.core.handlers.exception import response_for_exception
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "signaling_site.settings")
+
+from signaling_site.request_threads import get_asgi_application  # noqa: E402
 
 
 class StaticFilesHandler(ASGIStaticFilesHandler):

@@ -243,6 +243,9 @@ MAX_SDP_BYTES = env_int("MAX_SDP_BYTES", 64 * 1024)
 # refused with 413 before it is read; headers and body must arrive in time; connections per
 # peer address are capped (TRUSTED_PROXIES exempt: a front proxy carries many clients).
 MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 256 * 1024)
+# Long-lived threads for requests' synchronous parts (signaling_site.request_threads): requests
+# in flight beyond this many share threads; 0: Django's own, a new thread per request.
+REQUEST_THREADS = env_int("REQUEST_THREADS", 8)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 HTTP_HEADER_TIMEOUT = env_float("HTTP_HEADER_TIMEOUT", 10.0)
 HTTP_BODY_TIMEOUT = env_float("HTTP_BODY_TIMEOUT", 30.0)
