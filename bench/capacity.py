@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
 import random
 import shutil
 import struct
@@ -293,9 +295,12 @@ def _transceiver(children: dict[str, int]) -> psutil.Process:
 
 
 async def ramp(quick: bool) -> list[Step]:
-    from bench.edge import edge
+    from bench.edge import edge, other_edge
 
-    running = edge()
+    # BENCH_CAPACITY_ENV (JSON): the edge's environment for this ramp, e.g. the voice encoder's
+    # '{"TRANSCEIVER_OPUS_COMPLEXITY": "5", "TRANSCEIVER_OPUS_BANDWIDTH": "wideband"}'
+    extra = json.loads(os.environ.get("BENCH_CAPACITY_ENV", "{}"))
+    running = other_edge("capacity", extra) if extra else edge()
     xcvr = _transceiver(running.children())
     # the clients are load generators: spare their core aiortc's per-sample Python loop, as the
     # transceiver does (transceivers/speedups.py; see the "audio level" row)
