@@ -30,6 +30,7 @@ from whip.launch import free_port
 
 T = TypeVar("T")
 TARGET_ADDED_MS = 10.0
+TARGET_ADDED_P99_MS = 20.0
 CONCURRENCY = 8
 KEY = b"bench-signaling"
 
@@ -246,6 +247,13 @@ def view_steps(count: int) -> dict[str, float]:
         times.setdefault(name, []).append((time.perf_counter() - started) * 1000)
         return result
 
+    # the sustained-rate steps before this leave the transceiver closing ~2,000 sessions: its
+    # heartbeat may be stale for a few seconds, and placement finds no transceiver until then
+    deadline = time.monotonic() + 60
+    while placement_choose(ranked=rank_regions_for(client_ip="127.0.0.1", pinned=None)) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no transceiver could take a session for 60 s")
+        time.sleep(0.5)
     for _ in range(count):
         timed("rate_limit", admit_offer, key=client_key("192.0.2.250"), window=12.0)
         ranked = timed("rank", rank_regions_for, client_ip="127.0.0.1", pinned=None)
@@ -290,9 +298,12 @@ def run(quick: bool) -> list[Row]:
         Row("signaling: added over direct p50", p50 - d50, "ms",
             target=f"<= {TARGET_ADDED_MS:g} ms", met=p50 - d50 <= TARGET_ADDED_MS,
             note="HTTP + Django + DB + placement + control round trip to the transceiver"),
+        Row("signaling: added over direct p99", p99 - d99, "ms",
+            target=f"<= {TARGET_ADDED_P99_MS:g} ms", met=p99 - d99 <= TARGET_ADDED_P99_MS,
+            note="p99 of the edge less p99 of the direct path, same run"),
         Row("signaling: view's sync steps p50 (sum)", sum(steps.values()), "ms",
             note=", ".join(f"{k} {v:.1f}" for k, v in steps.items())
-            + " ms; serialized on Django's one thread_sensitive thread"),
+            + " ms; one thread hop; measured after the sustained-rate steps"),
         Row("signaling: control leg alone p50", percentile(control, 50), "ms", baseline=d50,
             ratio=percentile(control, 50) / d50,
             note="request_answer over the Redis-list control queue (no HTTP/DB)"),
