@@ -138,6 +138,22 @@ async def test_a_full_control_queue_refuses_at_once(redis_url: str) -> None:
     client.close()
 
 
+async def test_a_full_control_queue_refuses_a_request_at_once_without_queueing_it(
+        redis_url: str) -> None:
+    """A request that waits for its reply (offers, pings) against a full queue: refused ``full``
+    at once, through its own reply list, and the queue does not grow."""
+    client = redis.Redis.from_url(redis_url)
+    key = control_queue_key(999_997)
+    client.lpush(key, *[b"{}"] * control.QUEUE_CAPACITY)
+    started = time.monotonic()
+    with pytest.raises(control.ControlError, match="full"):
+        await control.request_ping(transceiver_id=999_997, timeout=5.0)
+    assert time.monotonic() - started < 1.0
+    assert client.llen(key) == control.QUEUE_CAPACITY
+    client.delete(key)
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("mangle", "code"),
     [
