@@ -166,10 +166,24 @@ def start_edge(tmp: Path, redis_url: str, regions: list[dict[str, Any]],
 
 
 def stop_edge(edge: Edge) -> int:
-    """SIGINT (every child stops) and wait for the exit code."""
+    """SIGINT (every child stops) and wait for the exit code; then drop the database
+    ``fresh_postgres_database`` made for the edge, if it has one (benchmarks and scripts leave
+    none behind; the test suite also drops them all at its end)."""
     edge.proc.send_signal(signal.SIGINT)
     try:
-        return edge.proc.wait(timeout=40)
+        code = edge.proc.wait(timeout=40)
     except subprocess.TimeoutExpired:
         edge.proc.kill()
         raise
+    _drop_own_database(edge.env.get("DATABASE_URL", ""))
+    return code
+
+
+def _drop_own_database(url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    if url.startswith(("postgres://", "postgresql://")) \
+            and name.startswith(f"edge_{os.getpid()}_"):
+        import psycopg
+
+        with psycopg.connect(_admin_url(url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

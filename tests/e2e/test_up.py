@@ -41,6 +41,14 @@ def test_up_is_ready_then_stops_every_child(
              and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert alive == [], alive
     assert not (edge.var_dir / "run" / "up.json").exists()
+    url = edge.env.get("DATABASE_URL", "")
+    if url.startswith("postgres"):  # the PostgreSQL run: the edge's own database went with it
+        import psycopg
+
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres") as conn:
+            assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                [name]).fetchone() is None, name
 
 
 async def test_up_starts_an_embedded_redis_when_none_answers(
