@@ -15,6 +15,9 @@ wait for audio (aiortc awaits only REMB, NACK and PLI sends, all video, and send
 at once); ``drive`` runs one to its end and, should it ever wait, lets a task finish it. STUN and
 DTLS keep aioice's path; a datagram that is neither is dropped, as aiortc drops it.
 
+Sending, ``attach`` also gives the session's ICE transport ``direct_send``: the datagram goes to
+the selected pair's protocol through one coroutine, not aioice's three.
+
 ``install`` also swaps aiortc's ``clock.current_ntp_time`` and ``clock.current_ms`` (called for
 every packet sent and received) for versions on ``time.time()`` that return the same values
 without building ``datetime`` objects.
@@ -113,19 +116,38 @@ def srtp_sink(dtls: Any) -> Callable[[bytes], bool]:
     return sink
 
 
+def direct_send(connection: Any) -> Callable[[bytes], Coroutine[Any, Any, None]]:
+    """aioice's ``Connection.send`` for ``RTCIceTransport._send``: the same datagram to the same
+    selected pair (looked up per datagram: a NAT rebinding moves it), through one coroutine
+    instead of aioice's three (``send``, ``sendto``, the protocol's ``send_data``)."""
+    nominated = connection._nominated
+
+    async def send(data: bytes) -> None:
+        pair = nominated.get(1)
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        pair.protocol.transport.sendto(data, pair.remote_addr)
+
+    return send
+
+
 def attach(pc: RTCPeerConnection) -> int:
-    """Give the mux protocols under ``pc``'s (bundled, connected) transport the SRTP sink;
-    returns how many protocols took it (0 where the transport is not on the mux)."""
+    """Give the mux protocols under ``pc``'s (bundled, connected) transport the SRTP sink, and
+    its ICE transport ``direct_send``; returns how many protocols took the sink (0 where the
+    transport is not on the mux, which then keeps aiortc's paths both ways)."""
     attached = 0
     for transceiver in pc.getTransceivers():
         dtls = transceiver.receiver.transport
         if dtls is None or dtls._rx_srtp is None:
             continue
         sink = srtp_sink(dtls)
-        for protocol in dtls.transport._connection._protocols:
+        connection = dtls.transport._connection
+        for protocol in connection._protocols:
             if hasattr(protocol, "media_sink"):
                 protocol.media_sink = sink
                 attached += 1
+        if attached:
+            dtls.transport._send = direct_send(connection)  # type: ignore[assignment]
         break  # bundled: one transport carries every m-line
     return attached
 
