@@ -24,10 +24,17 @@ def main() -> None:
     names = BENCHMARKS if args.which == "all" else (args.which,)
     rows: list[Row] = []
     started = time.monotonic()
+    from bench import edge
+
     for name in names:
         module = importlib.import_module(f"bench.{name}")
         began = time.monotonic()
-        rows += module.run(args.quick)
+        try:
+            rows += module.run(args.quick)
+        finally:
+            # the edges a benchmark started go with it: an idle edge's heartbeats, probes and
+            # beat tasks run on every core (a full run left ~5 up during the capacity ramp)
+            edge.close()
         write(f"# {name}: {time.monotonic() - began:.0f} s")
     write(f"# {conditions()}; {'quick' if args.quick else 'full'} run, "
           f"{time.monotonic() - started:.0f} s")
