@@ -1,12 +1,24 @@
-"""``python -m bench [NAME|all] [--quick]``: one table (NAME: see ``BENCHMARKS``)."""
+"""``python -m bench [NAME|all] [--quick]``: one table (NAME: see ``BENCHMARKS``).
+
+``all`` runs each benchmark in a process of its own, one after another: a benchmark inherits
+nothing from the ones before it (their edges, threads, aiortc objects and heap; in one shared
+process the capacity ramp's load generator ran ~1.5x slower after the others and the ramp
+passed 30 sessions instead of 50), and the table gathers every process's rows.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import logging
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from bench.common import Row, conditions, format_table, write
 
@@ -14,27 +26,45 @@ BENCHMARKS = ("relay", "tcp", "signaling", "setup", "setup_loss", "ffmpeg_setup"
               "capacity_ab", "flows")
 
 
+def _run_one(name: str, quick: bool) -> list[Row]:
+    from bench import edge
+
+    module = importlib.import_module(f"bench.{name}")
+    try:
+        rows: list[Row] = module.run(quick)
+    finally:
+        edge.close()  # the edges a benchmark started go with it
+    return rows
+
+
+def _run_apart(name: str, quick: bool) -> list[Row]:
+    """``name`` in a fresh ``python -m bench NAME --rows FILE``; its rows back from FILE."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        command = [sys.executable, "-m", "bench", name, "--rows", str(out)]
+        subprocess.run([*command, *(["--quick"] if quick else [])], check=True)
+        return [Row(**fields) for fields in json.loads(out.read_text())]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("which", nargs="?", default="all", choices=(*BENCHMARKS, "all"))
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke, < 3 min)")
+    parser.add_argument("--rows", type=Path, help="write the rows as JSON here, print no table "
+                        "(how ``all`` runs each benchmark)")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "signaling_site.settings")
     logging.basicConfig(level=logging.WARNING)
+    if args.rows is not None:
+        rows = _run_one(args.which, args.quick)
+        args.rows.write_text(json.dumps([dataclasses.asdict(row) for row in rows]))
+        return
     names = BENCHMARKS if args.which == "all" else (args.which,)
-    rows: list[Row] = []
+    rows = []
     started = time.monotonic()
-    from bench import edge
-
     for name in names:
-        module = importlib.import_module(f"bench.{name}")
         began = time.monotonic()
-        try:
-            rows += module.run(args.quick)
-        finally:
-            # the edges a benchmark started go with it: an idle edge's heartbeats, probes and
-            # beat tasks run on every core (a full run left ~5 up during the capacity ramp)
-            edge.close()
+        rows += _run_apart(name, args.quick) if len(names) > 1 else _run_one(name, args.quick)
         write(f"# {name}: {time.monotonic() - began:.0f} s")
     write(f"# {conditions()}; {'quick' if args.quick else 'full'} run, "
           f"{time.monotonic() - started:.0f} s")
