@@ -1,9 +1,8 @@
 """``python -m bench [NAME|all] [--quick]``: one table (NAME: see ``BENCHMARKS``).
 
-``all`` runs each benchmark in a process of its own, one after another: a benchmark inherits
-nothing from the ones before it (their edges, threads, aiortc objects and heap; in one shared
-process the capacity ramp's load generator ran ~1.5x slower after the others and the ramp
-passed 30 sessions instead of 50), and the table gathers every process's rows.
+``all`` runs each benchmark in a process of its own, one after another, so a benchmark
+inherits nothing from the ones before it (their edges, threads, aiortc objects and heap), and
+the table gathers every process's rows.
 """
 
 from __future__ import annotations
