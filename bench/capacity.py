@@ -51,11 +51,7 @@ def _decoded_tone() -> AudioFrame:
     from aiortc.codecs.opus import OpusDecoder, OpusEncoder
     from aiortc.jitterbuffer import JitterFrame
 
-    t = np.arange(960) / 48_000
-    tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
-    frame = AudioFrame.from_ndarray(tone, format="s16", layout="mono")
-    frame.sample_rate, frame.pts = 48_000, 0
-    payloads, timestamp = OpusEncoder().encode(frame)
+    payloads, timestamp = OpusEncoder().encode(tone_frames(1)[0])
     decoded: AudioFrame = OpusDecoder().decode(JitterFrame(payloads[0], timestamp))[0]
     return decoded
 
@@ -138,14 +134,13 @@ class Client:
 
     aiortc makes the offer and runs ICE and DTLS, so the transceiver sees a real client. The
     media is this class's: once DTLS is up, it sends pre-encoded Opus packets (speech, or a
-    tone) every 20 ms
-    on the client's ICE pair, protected with the session's own SRTP keys (``pylibsrtp``, as
-    aiortc would), and takes each arriving RTP datagram off the socket before aioice:
-    timestamped, unprotected (a packet that fails SRTP authentication is not counted), dropped.
-    No per-frame encode, decode, jitter buffer, thread or task hop, which made the aiortc client
-    cost about twice the transceiver's CPU per session and made the clients' core, not the
-    transceiver's, the limit of the ramp (2026-12-01: 20 sessions, clients 73 % of their core,
-    transceiver 37 %). RTCP and STUN (consent checks) go to aiortc as usual.
+    tone) every 20 ms on the client's ICE pair, protected with the session's own SRTP keys
+    (``pylibsrtp``, as aiortc would), and takes each arriving RTP datagram off the socket before
+    aioice: timestamped, unprotected (a packet that fails SRTP authentication is not counted),
+    dropped. No per-frame encode, decode, jitter buffer, thread or task hop, which made the
+    aiortc client cost about twice the transceiver's CPU per session and made the clients' core,
+    not the transceiver's, the limit of the ramp (2026-12-01: 20 sessions, clients 73 % of their
+    core, transceiver 37 %). RTCP and STUN (consent checks) go to aiortc as usual.
     """
 
     base_url: str
@@ -185,8 +180,8 @@ class Client:
             stock = protocol.datagram_received
 
             def received(data: bytes, addr: Any, stock: Any = stock) -> None:
-                # RFC 7983: 128-191 is RTP or RTCP; RFC 5761: RTCP packet types are 192-223
-                if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
+                # RFC 7983: 128-191 is RTP or RTCP (told apart as aiortc does)
+                if len(data) > 12 and 127 < data[0] < 192 and not rtp.is_rtcp(data):
                     arrived = time.monotonic()
                     if self._rx is not None:
                         try:

@@ -153,20 +153,31 @@ def call_sync(request: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
     return async_to_sync(once)()
 
 
+async def _pipelined(fill: Callable[[Any], object]) -> list[Any]:
+    """The replies to the commands ``fill`` queues on a pipeline, sent in one round trip and
+    tried once more after a dropped connection; ``ControlError`` when Redis stays away."""
+    for attempt in (1, 2):
+        try:
+            async with _client().pipeline(transaction=False) as pipe:
+                fill(pipe)
+                replies: list[Any] = await pipe.execute()
+                return replies
+        except _DROPPED as exc:
+            if attempt == 2:
+                raise ControlError("internal", f"control queue: {exc}") from None
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
 async def send(transceiver_id: int, message: dict[str, Any]) -> None:
     """Queue ``message`` for the transceiver, tried once more after a dropped connection;
     ``ControlError`` when its queue is full or Redis stays away."""
     key, payload = control_queue_key(transceiver_id), json.dumps(message)
-    for attempt in (1, 2):
-        try:
-            async with _client().pipeline(transaction=False) as pipe:
-                pipe.lpush(key, payload)
-                pipe.expire(key, QUEUE_TTL)
-                length, _ = await pipe.execute()
-            break
-        except _DROPPED as exc:
-            if attempt == 2:
-                raise ControlError("internal", f"control queue: {exc}") from None
+
+    def push(pipe: Any) -> None:
+        pipe.lpush(key, payload)
+        pipe.expire(key, QUEUE_TTL)
+
+    length, _ = await _pipelined(push)
     if int(length) > QUEUE_CAPACITY:
         raise ControlError("full", "control queue full")
 
@@ -204,17 +215,13 @@ async def _request(transceiver_id: int, message: dict[str, Any], timeout: float)
     reply_key = control_reply_key(uuid.uuid4().hex)
     message = {**message, "reply_key": reply_key, "expires_at": time.time() + timeout}
     queue_key = control_queue_key(transceiver_id)
-    for attempt in (1, 2):  # tried once more after a dropped connection, as ``send``
-        try:
-            async with _client().pipeline(transaction=False) as pipe:
-                pipe.eval(_PUSH_REQUEST, 2, queue_key, reply_key, json.dumps(message),
-                          QUEUE_TTL, QUEUE_CAPACITY, _FULL, REPLY_TTL)
-                pipe.brpop([reply_key], timeout=timeout)
-                _, popped = await pipe.execute()
-            break
-        except _DROPPED as exc:
-            if attempt == 2:
-                raise ControlError("internal", f"control queue: {exc}") from None
+
+    def push_and_wait(pipe: Any) -> None:
+        pipe.eval(_PUSH_REQUEST, 2, queue_key, reply_key, json.dumps(message),
+                  QUEUE_TTL, QUEUE_CAPACITY, _FULL, REPLY_TTL)
+        pipe.brpop([reply_key], timeout=timeout)
+
+    _, popped = await _pipelined(push_and_wait)
     if popped is None:
         raise ControlTimeout(f"transceiver {transceiver_id} did not reply in {timeout}s")
     answer: dict[str, Any] = json.loads(popped[1])

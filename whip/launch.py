@@ -120,9 +120,14 @@ def drop_fresh_databases(url: str) -> int:
         names = [row[0] for row in conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s",
             [f"edge\\_{os.getpid()}\\_%"])]
-        for name in names:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop(conn, names)
     return len(names)
+
+
+def _drop(conn: Any, names: list[str]) -> None:
+    """Drop databases ``names`` over maintenance connection ``conn`` (their connections too)."""
+    for name in names:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def start_edge(tmp: Path, redis_url: str, regions: list[dict[str, Any]],
@@ -186,4 +191,4 @@ def _drop_own_database(url: str) -> None:
         import psycopg
 
         with psycopg.connect(_admin_url(url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            _drop(conn, [name])
