@@ -1,15 +1,18 @@
-"""Builds the relay's optional C fast path in place: ``python setup.py build_ext --inplace``.
+"""Builds the optional C extensions in place: ``python setup.py build_ext --inplace``.
 
-``./dev`` runs it whenever the ``.so`` is missing or older than its source; without it (no
-compiler, not Linux) the relay runs its pure-Python path.
+``relays._fastpath``: the relay's known-flow fast path; ``transceivers._media``: the
+transceiver's per-frame arithmetic. ``./dev`` runs it whenever a ``.so`` is missing or older
+than its source; without them (no compiler, not Linux) the pure-Python paths serve.
 """
 
 from setuptools import Extension, setup
 
 setup(
     packages=[],
-    ext_modules=[Extension(
-        "relays._fastpath", ["relays/_fastpath.c"],
-        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
-    )],
+    ext_modules=[
+        Extension(name, [source], extra_compile_args=[
+            "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"])
+        for name, source in (("relays._fastpath", "relays/_fastpath.c"),
+                             ("transceivers._media", "transceivers/_media.c"))
+    ],
 )

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from bench.common import Row, conditions, format_table, write
 
-BENCHMARKS = ("relay", "tcp", "signaling", "setup", "setup_loss", "ffmpeg_setup", "capacity",
-              "capacity_ab", "flows")
+BENCHMARKS = ("relay", "tcp", "signaling", "setup", "setup_loss", "ffmpeg_setup", "voice",
+              "capacity", "capacity_ab", "flows")
 
 
 def _run_one(name: str, quick: bool) -> list[Row]:

@@ -21,16 +21,17 @@ for item in manage.py signaling_site fleet geo relays transceivers access calls 
 done
 find "$app" -name __pycache__ -prune -exec rm -rf {} +
 find "$app" -name '*.so' -delete  # built here, for this Python, or not at all
-# the relay's C fast path (relays/_fastpath.c), where a compiler is (the image's build stage);
-# without one the relay runs its pure-Python path
+# the C extensions (the relay's fast path relays/_fastpath.c, the transceiver's per-frame
+# arithmetic transceivers/_media.c), where a compiler is (the image's build stage); without one
+# the pure-Python paths serve
 if command -v gcc >/dev/null 2>&1; then
   cp "$src/setup.py" "$app/setup.py"
   # setuptools comes with Python 3.11's venv
   (cd "$app" && "$venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
   rm -rf "$app/setup.py" "$app/build"
-  echo "built the relay's C fast path"
+  echo "built the C extensions"
 else
-  echo "no C compiler: the relay will run its pure-Python path"
+  echo "no C compiler: the relay and transceiver will run their pure-Python paths"
 fi
 # collectstatic into APP/var/static (STATIC_ROOT); settings write nothing else at build time
 EDGE_VAR_DIR="$app/var" "$venv/bin/python" "$app/manage.py" collectstatic --noinput -v0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 
@@ -96,3 +97,26 @@ def test_codec_costs_measure_both_voice_codecs() -> None:
     costs = codec_costs(frames=3, rounds=1)
     assert {"pyav", "direct"} <= set(costs) <= {"pyav", "direct", "speech"}
     assert all(cost > 0 for cost in costs.values())
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_voice_settings_are_priced_and_scored() -> None:
+    """The default setting and a cheaper one: both encode and decode, and PESQ tells the
+    speech apart from noise (the same encoded speech scores far above a random signal)."""
+    import numpy as np
+
+    from bench import voice
+    from bench.capacity import speech_frames
+
+    frames = speech_frames()[:100]
+    priced = voice.price(voice.QUICK_SETTINGS, frames, rounds=1)
+    assert [p.settings for p in priced] == list(voice.QUICK_SETTINGS)
+    for p in priced:
+        assert p.encode_us > 0 and p.decode_us > 0 and 10 < p.kbps < 64
+        assert 3.0 < p.mos <= 4.64
+    reference = voice._at_16k(frames)
+    noise = np.random.default_rng(1).normal(0, 3000, len(reference)).astype(np.float32)
+    assert voice.mos(reference, noise) < 2.0
+    rows = voice.rows(priced)
+    _well_formed(rows)
+    assert rows[0].ratio == 1.0 and "ceiling" in rows[2].name

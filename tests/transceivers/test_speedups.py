@@ -1,5 +1,6 @@
-"""The numpy audio level equals aiortc's for every kind of frame a transceiver sends; the mono
-codec keeps a tone; audio is encoded and decoded on the event loop, frames in order."""
+"""The audio level (C sum of squares, or numpy) equals aiortc's for every kind of frame a
+transceiver sends; the mono codec keeps a tone; audio is encoded and decoded on the event loop,
+frames in order."""
 
 import asyncio
 import ctypes.util
@@ -50,6 +51,31 @@ def test_matches_aiortc_on_noise_and_stereo() -> None:
     for _ in range(20):
         noise = rng.integers(-32768, 32767, 1920)
         frame = _frame(noise, layout="stereo")
+        assert speedups.audio_level_dbov(frame) == STOCK(frame)
+
+
+def test_c_energy_is_built_and_equals_numpys() -> None:
+    """``./dev`` builds transceivers/_media.c; its sum of squares is numpy's, extremes included."""
+    from transceivers._media import energy
+
+    assert speedups._energy is energy
+    rng = np.random.default_rng(5)
+    for samples in (np.full(960, -32768), np.full(1920, 32767), np.zeros(960),
+                    rng.integers(-32768, 32767, 5760, endpoint=True)):
+        data = samples.astype(np.int16).tobytes()
+        for count in (0, 1, len(samples) // 2, len(samples)):
+            assert energy(data, count) == speedups.numpy_energy(data, count)
+    with pytest.raises(ValueError, match="do not fit"):
+        energy(b"\x00" * 10, 6)
+    with pytest.raises(ValueError):
+        energy(b"\x00" * 10, -1)
+
+
+def test_numpy_energy_serves_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speedups, "_energy", speedups.numpy_energy)
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        frame = _frame(rng.integers(-32768, 32767, 1920), layout="stereo")
         assert speedups.audio_level_dbov(frame) == STOCK(frame)
 
 
