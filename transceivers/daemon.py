@@ -25,7 +25,7 @@ from fleet.keys import (
 )
 from fleet.signals import wait_until_stopped
 from fleet.sockets import bind_udp
-from transceivers import aiortc_hook, lean_rtp, speedups
+from transceivers import aiortc_hook, lean_audio, lean_rtp, speedups
 from transceivers.agents import AgentFactory, EchoAgent
 from transceivers.background import BackgroundTasks
 from transceivers.control_server import ControlServer
@@ -112,6 +112,7 @@ class Transceiver:
         aiortc_hook.install(RetransmitPolicy(initial=initial) if initial > 0 else None)
         speedups.install()
         lean_rtp.install()
+        lean_audio.install()
         sock = bind_udp((self.config.bind_host, self.config.bind_port), buffer=SOCKET_BUFFER)
         self.mux = IceMux(sock)
         self.mux.start()

@@ -38,6 +38,9 @@ from aiortc.rtcdtlstransport import State
 from aiortc.rtcpeerconnection import RTCPeerConnection
 from aiortc.rtp import is_rtcp
 
+from transceivers import lean_audio
+from transceivers.lean_audio import AudioPath
+
 logger = logging.getLogger(__name__)
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from the NTP epoch (1900) to the Unix epoch (1970)
@@ -90,13 +93,15 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         logger.error("handling a received packet failed", exc_info=task.exception())
 
 
-def srtp_sink(dtls: Any) -> Callable[[bytes], bool]:
+def srtp_sink(dtls: Any, audio: AudioPath | None = None) -> Callable[[bytes], bool]:
     """What the mux calls for an RTP or RTCP datagram of the session of DTLS transport
     ``dtls``: True when handled here (or dropped as aiortc would), False to leave it to
-    aioice's path (the transport is not connected any more)."""
+    aioice's path (the transport is not connected any more). RTP packets ``audio`` takes
+    (``transceivers.lean_audio``) skip aiortc's per-packet objects."""
     rx = dtls._rx_srtp
     handle_rtp, handle_rtcp = dtls._handle_rtp_data, dtls._handle_rtcp_data
     current_ms = clock.current_ms
+    take = audio.take if audio is not None else None
 
     def sink(data: bytes) -> bool:
         global handled
@@ -108,7 +113,9 @@ def srtp_sink(dtls: Any) -> Callable[[bytes], bool]:
                 drive(handle_rtcp(rx.unprotect_rtcp(data)))
             else:
                 arrival = current_ms()
-                drive(handle_rtp(rx.unprotect(data), arrival_time_ms=arrival))
+                packet = rx.unprotect(data)
+                if take is None or not take(packet, arrival):
+                    drive(handle_rtp(packet, arrival_time_ms=arrival))
         except pylibsrtp.Error:  # forged, replayed or damaged: aiortc drops it too
             pass
         return True
@@ -122,12 +129,16 @@ def direct_send(connection: Any) -> Callable[[bytes], Coroutine[Any, Any, None]]
     instead of aioice's three (``send``, ``sendto``, the protocol's ``send_data``)."""
     nominated = connection._nominated
 
-    async def send(data: bytes) -> None:
+    def now(data: bytes) -> None:
         pair = nominated.get(1)
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
         pair.protocol.transport.sendto(data, pair.remote_addr)
 
+    async def send(data: bytes) -> None:
+        now(data)
+
+    send.now = now  # type: ignore[attr-defined]  # the same, for a caller that need not await
     return send
 
 
@@ -140,7 +151,10 @@ def attach(pc: RTCPeerConnection) -> int:
         dtls = transceiver.receiver.transport
         if dtls is None or dtls._rx_srtp is None:
             continue
-        sink = srtp_sink(dtls)
+        receiver = transceiver.receiver
+        audio = (AudioPath(receiver, dtls)
+                 if lean_audio.active() and AudioPath.suits(receiver) else None)
+        sink = srtp_sink(dtls, audio)
         connection = dtls.transport._connection
         for protocol in connection._protocols:
             if hasattr(protocol, "media_sink"):

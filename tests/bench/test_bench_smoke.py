@@ -117,6 +117,7 @@ def test_voice_settings_are_priced_and_scored() -> None:
     reference = voice._at_16k(frames)
     noise = np.random.default_rng(1).normal(0, 3000, len(reference)).astype(np.float32)
     assert voice.mos(reference, noise) < 2.0
-    rows = voice.rows(priced)
+    rows = voice.rows(priced, {voice.DEFAULT: voice.echo_floor(voice.DEFAULT, 3, 5)}, 3)
     _well_formed(rows)
-    assert rows[0].ratio == 1.0 and "ceiling" in rows[2].name
+    assert rows[0].ratio == 1.0 and "ceiling" in rows[2].name and rows[2].value > 0
+    assert len(rows) == 5  # the floor is measured for the default only here

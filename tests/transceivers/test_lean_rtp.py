@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import time
+from typing import Any
 
 import pytest
 from aiortc import clock
@@ -21,7 +22,8 @@ from tests.transceivers.conftest import (
     open_session,
 )
 from tests.transceivers.test_daemon import collect_echo
-from transceivers import lean_rtp
+from transceivers import lean_audio, lean_rtp
+from transceivers.lean_audio import AudioPath
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,11 +99,28 @@ async def test_drive_logs_what_a_coroutine_raises(caplog: pytest.LogCaptureFixtu
     assert "broken packet handler" in caplog.text and "broken after waiting" in caplog.text
 
 
-@pytest.mark.parametrize("lean", ["1", "0"])
+@pytest.mark.parametrize(("lean", "audio"), [("1", "1"), ("1", "0"), ("0", "0")])
 async def test_echo_call_on_either_path_survives_forged_srtp(
-    redis_url: str, lean: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, lean: str, audio: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """... and with the lean audio path (transceivers.lean_audio) on top: it carries the
+    call both ways, and the session's statistics count what it carried."""
     monkeypatch.setitem(os.environ, "TRANSCEIVER_LEAN_RTP", lean)
+    monkeypatch.setitem(os.environ, "TRANSCEIVER_LEAN_AUDIO", audio)
+    taken, lean_senders = [], []
+    stock_take, stock_run = AudioPath.take, lean_audio.run_rtp
+
+    def take(self: AudioPath, data: bytes, arrival_ms: int) -> bool:
+        took = stock_take(self, data, arrival_ms)
+        taken.append(took)
+        return took
+
+    async def run_rtp(sender: Any, codec: Any) -> None:
+        lean_senders.append(sender)
+        await stock_run(sender, codec)
+
+    monkeypatch.setattr(AudioPath, "take", take)
+    monkeypatch.setattr(lean_audio, "run_rtp", run_rtp)
     client = Client()
     try:
         async with make_transceiver(make_config(redis_url)) as transceiver, \
@@ -133,6 +152,17 @@ async def test_echo_call_on_either_path_survives_forged_srtp(
                 assert all(sinks) and lean_rtp.handled - before >= 100 + 200 and direct
             else:
                 assert not any(sinks) and lean_rtp.handled == before and not direct
+            if audio == "1":
+                assert sum(taken) >= 100 and session.pc.getSenders()[0] in lean_senders
+            else:
+                assert not taken and not lean_senders
+            stats = await session.pc.getStats()
+            kinds = {s.type: s for s in stats.values()}
+            assert kinds["inbound-rtp"].packetsReceived >= 100
+            assert kinds["outbound-rtp"].packetsSent >= 100
+            assert kinds["outbound-rtp"].bytesSent > 100 * 20
+            assert kinds["transport"].packetsSent >= kinds["outbound-rtp"].packetsSent
     finally:
         await client.pc.close()
         lean_rtp.install(on=False)
+        lean_audio.install(on=False)
