@@ -59,15 +59,17 @@ INSTALLED_APPS = [
     "health",
 ]
 
+# Django's stock middleware, its hooks on the event loop where they do no I/O instead of a
+# thread hop each (signaling_site/middleware.py)
 MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",  # first: answers preflights, marks every /v1/ reply
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "signaling_site.middleware.SecurityMiddleware",
+    "signaling_site.middleware.SessionMiddleware",
+    "signaling_site.middleware.CommonMiddleware",
+    "signaling_site.middleware.CsrfViewMiddleware",
+    "signaling_site.middleware.AuthenticationMiddleware",
+    "signaling_site.middleware.MessageMiddleware",
+    "signaling_site.middleware.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into its response
 ]
 
