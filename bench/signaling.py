@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from bench.common import Row, percentile
+from bench.common import Row, median, percentile
 from fleet.sockets import bind_udp
 from relays.ufrag import mint_password, mint_ufrag
 from transceivers.control import SessionEvent
@@ -219,6 +219,24 @@ def replica(edge_env: dict[str, str]) -> Iterator[str]:
             proc.wait()
 
 
+def paired_middleware(edge_env: dict[str, str], offers: list[str], count: int
+                      ) -> dict[str, list[float]]:
+    """Offer -> answer ms through two extra signaling processes on the edge, one on Django's
+    stock middleware (``INLINE_MIDDLEWARE=0``), one on ``signaling_site.middleware``,
+    sequential offers alternating between them (the order swapped every round) so drifting
+    machine load falls on both alike: {"stock": [...], "inline": [...]}, round by round."""
+    with replica({**edge_env, "INLINE_MIDDLEWARE": "0"}) as stock, \
+            replica({**edge_env, "INLINE_MIDDLEWARE": "1"}) as inline:
+        urls = {"stock": stock, "inline": inline}
+        for url in urls.values():
+            signaling_latency(url, offers, 5)  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in urls}
+        for i in range(count):
+            for name in (("stock", "inline") if i % 2 == 0 else ("inline", "stock")):
+                times[name] += signaling_latency(urls[name], offers[i % len(offers):], 1)
+    return times
+
+
 def _django(edge_env: dict[str, str]) -> None:
     """Point this process's Django at the edge's Redis and DB (settings read the env once)."""
     os.environ.update({k: v for k, v in edge_env.items()
@@ -283,6 +301,7 @@ def run(quick: bool) -> list[Row]:
     from transceivers.reporting import ChannelEventSink
 
     published, _ = asyncio.run(_direct(offers, count, 0.0, events=ChannelEventSink()))
+    pairs = paired_middleware(running.env, offers, count)  # before the rate steps' aftermath
     rate = signaling_rate([base_url], offers, seconds)
     with replica(running.env) as second:
         signaling_latency(second, offers, 5)  # warm-up
@@ -290,6 +309,8 @@ def run(quick: bool) -> list[Row]:
     steps = view_steps(count // 2)
     p50, p99 = percentile(times, 50), percentile(times, 99)
     d50, d99 = percentile(direct_times, 50), percentile(direct_times, 99)
+    inline50, stock50 = percentile(pairs["inline"], 50), percentile(pairs["stock"], 50)
+    paired = median([a - b for a, b in zip(pairs["inline"], pairs["stock"], strict=True)])
     return [
         Row("signaling: offer -> answer p50", p50, "ms", baseline=d50, ratio=p50 / d50,
             note=f"POST /v1/sessions on {database}, real aiortc offers, n={count}; baseline: "
@@ -301,6 +322,11 @@ def run(quick: bool) -> list[Row]:
         Row("signaling: added over direct p99", p99 - d99, "ms",
             target=f"<= {TARGET_ADDED_P99_MS:g} ms", met=p99 - d99 <= TARGET_ADDED_P99_MS,
             note="p99 of the edge less p99 of the direct path, same run"),
+        Row("signaling A/B: offer -> answer p50, inline middleware", inline50, "ms",
+            baseline=stock50, ratio=inline50 / stock50,
+            note=f"two extra signaling processes, {count} alternating offers each; baseline: "
+                 f"Django's stock middleware (INLINE_MIDDLEWARE=0); paired (median of per-round "
+                 f"differences): {paired:+.2f} ms"),
         Row("signaling: view's sync steps p50 (sum)", sum(steps.values()), "ms",
             note=", ".join(f"{k} {v:.1f}" for k, v in steps.items())
             + " ms; one thread hop; measured after the sustained-rate steps"),

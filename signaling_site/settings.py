@@ -60,16 +60,21 @@ INSTALLED_APPS = [
 ]
 
 # Django's stock middleware, its hooks on the event loop where they do no I/O instead of a
-# thread hop each (signaling_site/middleware.py)
+# thread hop each (signaling_site/middleware.py; INLINE_MIDDLEWARE=0: Django's own classes)
+_STOCK_MIDDLEWARE = {
+    "SecurityMiddleware": "django.middleware.security",
+    "SessionMiddleware": "django.contrib.sessions.middleware",
+    "CommonMiddleware": "django.middleware.common",
+    "CsrfViewMiddleware": "django.middleware.csrf",
+    "AuthenticationMiddleware": "django.contrib.auth.middleware",
+    "MessageMiddleware": "django.contrib.messages.middleware",
+    "XFrameOptionsMiddleware": "django.middleware.clickjacking",
+}
+_INLINE = env_bool("INLINE_MIDDLEWARE", True)
 MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",  # first: answers preflights, marks every /v1/ reply
-    "signaling_site.middleware.SecurityMiddleware",
-    "signaling_site.middleware.SessionMiddleware",
-    "signaling_site.middleware.CommonMiddleware",
-    "signaling_site.middleware.CsrfViewMiddleware",
-    "signaling_site.middleware.AuthenticationMiddleware",
-    "signaling_site.middleware.MessageMiddleware",
-    "signaling_site.middleware.XFrameOptionsMiddleware",
+    *(f"{'signaling_site.middleware' if _INLINE else module}.{name}"
+      for name, module in _STOCK_MIDDLEWARE.items()),
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into its response
 ]
 

@@ -13,19 +13,13 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient, override_settings
 from django.utils.deprecation import MiddlewareMixin
 
-from signaling_site import middleware
+from signaling_site import middleware, settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 STOCK = [
     "corsheaders.middleware.CorsMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    *(f"{module}.{name}" for name, module in settings._STOCK_MIDDLEWARE.items()),
     "axes.middleware.AxesMiddleware",
 ]
 
@@ -46,14 +40,14 @@ def _hooks_hopped(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_every_stock_class_has_its_inline_twin() -> None:
-    from django.conf import settings
-
     inline = [m for m in settings.MIDDLEWARE if m.startswith("signaling_site.middleware.")]
-    assert len(inline) == 7
+    assert len(inline) == len(settings._STOCK_MIDDLEWARE) == 7
     for path in inline:
-        cls = getattr(middleware, path.rsplit(".", 1)[1])
+        name = path.rsplit(".", 1)[1]
+        cls = getattr(middleware, name)
         assert issubclass(cls, middleware.InlineHooks)
-        assert cls.__mro__[2].__module__.startswith("django.")  # the stock class it wraps
+        stock = cls.__mro__[2]  # the stock class it wraps
+        assert (stock.__module__, stock.__name__) == (settings._STOCK_MIDDLEWARE[name], name)
 
 
 async def test_an_api_request_takes_no_thread_hop_and_gets_the_stock_headers(
