@@ -1,4 +1,4 @@
-"""``python -m bench [NAME|all] [--quick]``: one table (NAME: see ``BENCHMARKS``).
+"""``python -m bench [NAME|all] [--quick] [--repeat N]``: one table (NAME: see ``BENCHMARKS``).
 
 ``all`` runs each benchmark in a process of its own, one after another, so a benchmark
 inherits nothing from the ones before it (their edges, threads, aiortc objects and heap), and
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, conditions, format_table, write
+from bench.common import Row, conditions, format_table, merge_runs, write
 
 BENCHMARKS = ("relay", "tcp", "signaling", "setup", "setup_loss", "ffmpeg_setup", "voice",
               "capacity", "capacity_ab", "flows")
@@ -51,6 +51,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke, < 3 min)")
     parser.add_argument("--rows", type=Path, help="write the rows as JSON here, print no table "
                         "(how ``all`` runs each benchmark)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run each benchmark N times, each in a process of its own, and "
+                             "print the median of every row (this VM's runs differ by more "
+                             "than several targets' margins)")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "signaling_site.settings")
     logging.basicConfig(level=logging.WARNING)
@@ -58,14 +62,22 @@ def main() -> None:
         rows = _run_one(args.which, args.quick)
         args.rows.write_text(json.dumps([dataclasses.asdict(row) for row in rows]))
         return
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
     names = BENCHMARKS if args.which == "all" else (args.which,)
+    apart = len(names) > 1 or args.repeat > 1
     rows = []
     started = time.monotonic()
     for name in names:
-        began = time.monotonic()
-        rows += _run_apart(name, args.quick) if len(names) > 1 else _run_one(name, args.quick)
-        write(f"# {name}: {time.monotonic() - began:.0f} s")
-    write(f"# {conditions()}; {'quick' if args.quick else 'full'} run, "
+        runs = []
+        for n in range(args.repeat):
+            began = time.monotonic()
+            runs.append(_run_apart(name, args.quick) if apart else _run_one(name, args.quick))
+            write(f"# {name}{f' run {n + 1}' if args.repeat > 1 else ''}: "
+                  f"{time.monotonic() - began:.0f} s")
+        rows += merge_runs(runs)
+    runs_text = f", {args.repeat} runs each (medians)" if args.repeat > 1 else ""
+    write(f"# {conditions()}; {'quick' if args.quick else 'full'} run{runs_text}, "
           f"{time.monotonic() - started:.0f} s")
     write(format_table(rows))
 

@@ -88,6 +88,31 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def merge_runs(runs: Sequence[Sequence[Row]]) -> list[Row]:
+    """One row per benchmark row of several runs of the same benchmarks (``--repeat``): the
+    median value and baseline (the ratio recomputed from them), met when a majority of the
+    runs met the target, and every run's value in the note. A row missing from some run (a
+    benchmark that ended early) is merged over the runs that have it."""
+    if len(runs) == 1:
+        return list(runs[0])
+    names = list(dict.fromkeys(row.name for rows in runs for row in rows))
+    merged = []
+    for name in names:
+        rows = [row for run in runs for row in run if row.name == name]
+        value = median([row.value for row in rows])
+        baselines = [row.baseline for row in rows if row.baseline is not None]
+        baseline = median(baselines) if baselines else None
+        verdicts = [row.met for row in rows if row.met is not None]
+        met = sum(verdicts) * 2 > len(verdicts) if verdicts else None
+        values = ", ".join(_fmt(row.value) for row in rows)
+        tally = f"; met in {sum(verdicts)} of {len(verdicts)}" if verdicts else ""
+        merged.append(Row(name, value, rows[0].unit, baseline,
+                          ratio(value, baseline) if baseline is not None else None,
+                          rows[0].target, met,
+                          f"median of {len(rows)} runs ({values}){tally}; {rows[-1].note}"))
+    return merged
+
+
 def format_table(rows: Iterable[Row]) -> str:
     """Rows as one aligned plain-text (and Markdown-compatible) table."""
     header = ("benchmark", "value", "unit", "baseline", "ratio", "target", "met", "note")

@@ -121,3 +121,21 @@ def test_voice_settings_are_priced_and_scored() -> None:
     _well_formed(rows)
     assert rows[0].ratio == 1.0 and "ceiling" in rows[2].name and rows[2].value > 0
     assert len(rows) == 5  # the floor is measured for the default only here
+
+
+def test_repeated_runs_merge_to_medians_and_majority_verdicts() -> None:
+    from bench.common import merge_runs
+
+    def run(value: float, base: float, met: bool) -> list[Row]:
+        return [Row("a", value, "ms", baseline=base, ratio=value / base, target="<= 10 ms",
+                    met=met, note="n"), Row("b", value * 2, "x")]
+
+    merged = merge_runs([run(9.0, 2.0, True), run(12.0, 3.0, False), run(8.0, 2.5, True),
+                         run(11.0, 2.0, False)[:1]])
+    assert [r.name for r in merged] == ["a", "b"]
+    a, b = merged
+    assert a.value == 10.0 and a.baseline == 2.25 and a.met is False  # 2 of 4: no majority
+    assert a.note == "median of 4 runs (9, 12.0, 8, 11.0); met in 2 of 4; n"
+    assert b.value == 18.0 and b.met is None and "median of 3 runs" in b.note
+    _well_formed(merged)
+    assert merge_runs([run(1.0, 1.0, True)]) == run(1.0, 1.0, True)
