@@ -162,7 +162,7 @@ class SessionManager:
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio":
-                tune_audio_receiver(pc, track)  # 20 ms instead of aiortc's 80 ms hold-back
+                tune_audio_receiver(pc, track)  # each frame at once (aiortc: 80 ms, stalls on loss)
                 pc.addTrack(session.agent.attach(track))
 
         pc.on("connectionstatechange", lambda: self._on_state(session))
