@@ -151,6 +151,7 @@ class Client:
     times: list[float] = field(default_factory=list)  # arrival of each authentic echoed packet
     source: str = "speech"  # what the client says: see opus_payloads
     location: str = ""
+    lost: frozenset[int] = frozenset()  # packets (0 is the first) not sent: loss on the way in
     sent: int = 0
     _rx: Any = None  # the client's inbound SRTP session, once DTLS is up
     _sending: bool = False
@@ -216,8 +217,9 @@ class Client:
             marker = 0x80 if n == 0 else 0
             header = struct.pack("!BBHII", 0x80, marker | payload_type, (seq0 + n) & 0xFFFF,
                                  (ts0 + n * 960) & 0xFFFFFFFF, ssrc)
-            transport.sendto(tx.protect(header + payloads[n % len(payloads)]), remote)
-            self.sent += 1
+            if n not in self.lost:
+                transport.sendto(tx.protect(header + payloads[n % len(payloads)]), remote)
+                self.sent += 1
             loop.call_at(at + (n + 1) * FRAME_S, send, n + 1)  # on the clock: no drift
 
         loop.call_at(at, send, 0)

@@ -30,8 +30,9 @@ def test_speech_is_seconds_of_voiced_opus() -> None:
     assert loud > len(payloads) // 3  # speech, not silence or a codec error
 
 
-async def _echo(edge: Edge, sessions: int, seconds: float) -> list[Client]:
-    clients = [Client(edge.base_url) for _ in range(sessions)]
+async def _echo(edge: Edge, sessions: int, seconds: float,
+                lost: frozenset[int] = frozenset()) -> list[Client]:
+    clients = [Client(edge.base_url, lost=lost) for _ in range(sessions)]
     try:
         for client in clients:
             await client.open()
@@ -57,3 +58,14 @@ def test_light_clients_get_their_speech_echoed_through_the_edge(edge: Edge) -> N
         assert len(client.times) >= client.sent * 0.8, (len(client.times), client.sent)
         gaps = [b - a for a, b in zip(client.times, client.times[1:], strict=False)]
         assert sorted(gaps)[len(gaps) // 2] == pytest.approx(FRAME_S, abs=0.005)
+
+
+def test_one_lost_packet_costs_its_own_frame_not_a_stall(edge: Edge) -> None:
+    """A packet lost on the way in (the 60th): the echo misses that one frame and goes on at
+    its pace. aiortc's audio buffer stopped releasing at the hole until 16 packets had piled up
+    and stayed 14 frames (280 ms) behind (``tests/transceivers/test_jitter.py``)."""
+    [client] = asyncio.run(_echo(edge, sessions=1, seconds=3.0, lost=frozenset({60})))
+    assert client.sent >= 140
+    gaps = [b - a for a, b in zip(client.times, client.times[1:], strict=False)]
+    assert max(gaps[20:]) < 0.1, sorted(gaps)[-5:]  # one frame missing: ~40 ms, not ~300
+    assert len(client.times) >= client.sent * 0.8, (len(client.times), client.sent)
