@@ -2,8 +2,10 @@
 
 Through the edge (``manage.py up``: signaling, relay, transceiver with its echo agent) versus a
 direct aiortc-to-aiortc call to an echo peer in a subprocess (no signaling, no relay), in the
-same run. The direct echo peer runs twice: stock aiortc, and with ``transceivers.jitter``
-applied to its receiver, to show what the jitter buffer costs the first echo. The client is
+same run. The direct echo peer runs three times: stock aiortc (its audio buffer holds 4
+frames), aiortc's buffer holding none (``prefetch=0``: each frame released when the next packet
+arrives, what the transceiver had until 2026-12-01) and ``transceivers.jitter``'s release
+buffer (each frame at once), to show what the buffer costs the first echo. The client is
 ``whip.client``'s tone track; all times are from the moment the offer is ready.
 """
 
@@ -94,7 +96,7 @@ def edge_answerer(base_url: str, locations: list[str]) -> Answerer:
     return answer
 
 
-def _echo_peer(conn: Any, tuned: bool) -> None:
+def _echo_peer(conn: Any, prefetch: int | None | str) -> None:
     """Subprocess: answer each offer from ``conn`` with an aiortc peer that echoes the audio."""
     from transceivers.agents import EchoAgent
     from transceivers.jitter import tune_audio_receiver
@@ -112,8 +114,8 @@ def _echo_peer(conn: Any, tuned: bool) -> None:
 
             def on_track(track: MediaStreamTrack, pc: RTCPeerConnection = pc,
                          agent: EchoAgent = agent) -> None:
-                if tuned:
-                    tune_audio_receiver(pc, track)
+                if prefetch != "stock":  # None: the release buffer; a number: aiortc's
+                    tune_audio_receiver(pc, track, prefetch=prefetch)  # type: ignore[arg-type]
                 pc.addTrack(agent.attach(track))
 
             pc.on("track", on_track)
@@ -129,9 +131,9 @@ def _echo_peer(conn: Any, tuned: bool) -> None:
 class DirectPeer:
     """An aiortc echo peer in its own process (so it does not share the client's event loop)."""
 
-    def __init__(self, *, tuned: bool) -> None:
+    def __init__(self, *, prefetch: int | None | str) -> None:
         self.conn, child = CTX.Pipe()
-        self.proc = CTX.Process(target=_echo_peer, args=(child, tuned), daemon=True)
+        self.proc = CTX.Process(target=_echo_peer, args=(child, prefetch), daemon=True)
         self.proc.start()
 
     async def answer(self, offer: str) -> str:
@@ -149,7 +151,9 @@ async def _measure(trials: int) -> dict[str, list[Timing]]:
     from bench.edge import edge
 
     running = edge()
-    peers = {"direct stock": DirectPeer(tuned=False), "direct tuned": DirectPeer(tuned=True)}
+    peers = {"direct stock": DirectPeer(prefetch="stock"),
+             "direct prefetch 0": DirectPeer(prefetch=0),
+             "direct tuned": DirectPeer(prefetch=None)}
     results: dict[str, list[Timing]] = {"edge": [], **{k: [] for k in peers}}
     locations: list[str] = []
     try:
@@ -190,5 +194,11 @@ def run(quick: bool) -> list[Row]:
                     note=f"baseline: direct echo peer with tuned jitter buffer; n={n}"))
     rows.append(Row("setup: first echo, direct tuned vs stock", direct.echo_ms, "ms",
                     baseline=stock.echo_ms, ratio=direct.echo_ms / stock.echo_ms,
-                    note="echo peer receiver prefetch 0 vs aiortc's 4 (transceivers/jitter.py)"))
+                    note="echo peer receiver: transceivers/jitter.py's release buffer vs "
+                         "aiortc's (prefetch 4)"))
+    held = med["direct prefetch 0"]
+    rows.append(Row("setup: first echo, release buffer vs aiortc prefetch 0", direct.echo_ms,
+                    "ms", baseline=held.echo_ms, ratio=direct.echo_ms / held.echo_ms,
+                    note=f"diff {direct.echo_ms - held.echo_ms:+.1f} ms: aiortc's buffer "
+                         "releases a frame only when the next packet arrives"))
     return rows

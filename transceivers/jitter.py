@@ -29,7 +29,7 @@ from aiortc.rtp import RtpPacket
 
 logger = logging.getLogger(__name__)
 
-AUDIO_CAPACITY = 16  # packets; aiortc's audio default (power of two), for ``prefetch`` > 0
+AUDIO_CAPACITY = 16  # packets; aiortc's audio default (power of two), for comparisons
 _ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # private in aiortc 1.16 (rtcrtpreceiver.py)
 
 
@@ -52,9 +52,9 @@ class AudioReleaseBuffer:
 
 
 def tune_audio_receiver(
-    pc: RTCPeerConnection, track: MediaStreamTrack, *, prefetch: int = 0
+    pc: RTCPeerConnection, track: MediaStreamTrack, *, prefetch: int | None = None
 ) -> bool:
-    """Give the receiver of audio ``track`` an ``AudioReleaseBuffer`` (``prefetch`` > 0:
+    """Give the receiver of audio ``track`` an ``AudioReleaseBuffer`` (``prefetch`` a number:
     aiortc's buffer holding that many frames back, for comparisons); False if not found.
 
     Call it from the ``track`` event, before any RTP arrives (aiortc fires it while applying the
@@ -65,7 +65,7 @@ def tune_audio_receiver(
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
         if receiver.track is track and hasattr(receiver, _ATTRIBUTE):
-            setattr(receiver, _ATTRIBUTE, AudioReleaseBuffer() if prefetch == 0 else
+            setattr(receiver, _ATTRIBUTE, AudioReleaseBuffer() if prefetch is None else
                     JitterBuffer(capacity=AUDIO_CAPACITY, prefetch=prefetch))
             return True
     logger.warning("jitter buffer not tuned: aiortc receiver layout changed")
