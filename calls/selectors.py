@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterable
@@ -68,7 +69,14 @@ def client_pending_sessions(*, client_key: str) -> int:
 
 
 def _region_nodes_sql(*, excluded: int) -> str:
-    """The statement ``_region_nodes`` runs, for ``excluded`` transceivers left out.
+    """``_region_nodes_text`` for this connection's database."""
+    return _region_nodes_text(connection.vendor, excluded)
+
+
+@functools.lru_cache(maxsize=32)
+def _region_nodes_text(vendor: str, excluded: int) -> str:
+    """The statement ``_region_nodes`` runs, for ``excluded`` transceivers left out (built once
+    per database vendor and count).
 
     One ``UNION ALL``: ``kind`` (``_RELAY`` or ``_TRANSCEIVER``), the relay shard's columns, the
     transceiver's columns, ``live``, ``pending``; a row fills its own kind's columns and NULLs
