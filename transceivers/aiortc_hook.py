@@ -87,6 +87,19 @@ class MuxConnection(aioice.Connection):
         super().__init__(*args, **kwargs)
         self._rebound: set[tuple[str, int]] = set()  # new caller addresses awaiting proof
 
+    async def gather_candidates(self) -> None:
+        """aioice's, without listing this host's interfaces first (~0.5 ms of system calls on
+        every offer's path, 2026-12-01) when the one candidate is the relay's address."""
+        if self._mux_binding is None:
+            await super().gather_candidates()
+            return
+        if not self._local_candidates_start:
+            self._local_candidates_start = True
+            for component in self._components:
+                self._local_candidates += await self.get_component_candidates(
+                    component=component, addresses=[])
+            self._local_candidates_end = True
+
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
     ) -> list[aioice.Candidate]:

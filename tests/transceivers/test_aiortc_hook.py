@@ -8,6 +8,7 @@ import socket
 import time
 from typing import Any
 
+import aioice.ice
 import aiortc.rtcicetransport
 import pytest
 from aioice import stun
@@ -30,7 +31,8 @@ async def test_outside_a_binding_the_connection_is_stock() -> None:
     await connection.close()
 
 
-async def test_inside_a_binding_one_relay_candidate_and_no_socket() -> None:
+async def test_inside_a_binding_one_relay_candidate_and_no_socket(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     sock = bind_udp(("127.0.0.1", 0), buffer=SOCKET_BUFFER)
     mux = IceMux(sock)
     binding = hook.MuxBinding(mux, "s1", "u" * 24, "p" * 32, ("203.0.113.5", 3478))
@@ -40,7 +42,11 @@ async def test_inside_a_binding_one_relay_candidate_and_no_socket() -> None:
             hook.MuxConnection(ice_controlling=False)
     assert hook.MuxConnection(ice_controlling=False)._mux_binding is None  # scope ended
     assert connection.local_username == "u" * 24 and connection.local_password == "p" * 32
+    listed: list[object] = []
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda **kw: listed.append(kw) or [])
     await connection.gather_candidates()
+    await connection.gather_candidates()  # once only, as aioice
+    assert listed == []  # the relay's address is the candidate: no interface listing
     [candidate] = connection.local_candidates
     assert (candidate.host, candidate.port, candidate.type) == ("203.0.113.5", 3478, "host")
     assert mux.has_ufrag("u" * 24)
