@@ -52,9 +52,9 @@ def main() -> None:
     parser.add_argument("--rows", type=Path, help="write the rows as JSON here, print no table "
                         "(how ``all`` runs each benchmark)")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
-                        help="run each benchmark N times, each in a process of its own, and "
-                             "print the median of every row (this VM's runs differ by more "
-                             "than several targets' margins)")
+                        help="run each benchmark N times (odd), each in a process of its own, "
+                             "and print the median of every row (this VM's runs differ by "
+                             "more than several targets' margins)")
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "signaling_site.settings")
     logging.basicConfig(level=logging.WARNING)
@@ -62,8 +62,8 @@ def main() -> None:
         rows = _run_one(args.which, args.quick)
         args.rows.write_text(json.dumps([dataclasses.asdict(row) for row in rows]))
         return
-    if args.repeat < 1:
-        parser.error("--repeat: at least 1")
+    if args.repeat < 1 or args.repeat % 2 == 0:
+        parser.error("--repeat: an odd number (the runs' majority decides a target)")
     names = BENCHMARKS if args.which == "all" else (args.which,)
     apart = len(names) > 1 or args.repeat > 1
     rows = []

@@ -89,27 +89,30 @@ def _fmt(value: float | None) -> str:
 
 
 def merge_runs(runs: Sequence[Sequence[Row]]) -> list[Row]:
-    """One row per benchmark row of several runs of the same benchmarks (``--repeat``): the
-    median value and baseline (the ratio recomputed from them), met when a majority of the
-    runs met the target, and every run's value in the note. A row missing from some run (a
-    benchmark that ended early) is merged over the runs that have it."""
+    """One row per benchmark row of several runs of the same benchmarks (``--repeat``, an odd
+    number): the median value and baseline (NaN runs left out), the median of the runs' own
+    ratios (each paired within its run, so not value / baseline), met when most runs met the
+    target, and each run's value and ratio in the note, before the last run's own note."""
     if len(runs) == 1:
         return list(runs[0])
     names = list(dict.fromkeys(row.name for rows in runs for row in rows))
     merged = []
     for name in names:
         rows = [row for run in runs for row in run if row.name == name]
-        value = median([row.value for row in rows])
+        value = median([row.value for row in rows if not math.isnan(row.value)] or [math.nan])
         baselines = [row.baseline for row in rows if row.baseline is not None]
-        baseline = median(baselines) if baselines else None
+        ratios = [row.ratio for row in rows if row.ratio is not None]
         verdicts = [row.met for row in rows if row.met is not None]
         met = sum(verdicts) * 2 > len(verdicts) if verdicts else None
         values = ", ".join(_fmt(row.value) for row in rows)
-        tally = f"; met in {sum(verdicts)} of {len(verdicts)}" if verdicts else ""
-        merged.append(Row(name, value, rows[0].unit, baseline,
-                          ratio(value, baseline) if baseline is not None else None,
-                          rows[0].target, met,
-                          f"median of {len(rows)} runs ({values}){tally}; {rows[-1].note}"))
+        note = f"median of {len(rows)} runs ({values})"
+        if ratios:
+            note += f"; ratios {', '.join(_fmt(r) for r in ratios)}"
+        if verdicts:
+            note += f"; met in {sum(verdicts)} of {len(verdicts)}"
+        merged.append(Row(name, value, rows[0].unit, median(baselines) if baselines else None,
+                          median(ratios) if ratios else None, rows[0].target, met,
+                          f"{note}; last run: {rows[-1].note}" if rows[-1].note else note))
     return merged
 
 

@@ -15,11 +15,13 @@ per request:
   ``SESSION_SAVE_EVERY_REQUEST``): it saves it to the database;
 - the messages middleware's response hook when messages were added or read: storing them may
   load the session from the database;
-- the CSRF middleware's hooks when ``CSRF_USE_SESSIONS`` keeps the token in the session.
+- the CSRF middleware's view hook when it checks a token (an unsafe method to a view not
+  exempt from CSRF: it reads the form, and a refusal renders the failure page), and all its
+  hooks when ``CSRF_USE_SESSIONS`` keeps the token in the session.
 
 Everything else (the session store and ``request.user`` are lazy: the views that use them
 read them on their own thread) is what the stock classes do, in the same order, to the same
-request and response. Sync requests (WSGI, the test client) run the stock ``__call__``.
+request and response. Sync requests (WSGI, the test client) run the stock hooks.
 """
 
 from __future__ import annotations
@@ -83,20 +85,32 @@ class CommonMiddleware(InlineHooks, _Common):
     pass
 
 
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")  # the CSRF middleware's (RFC 9110)
+
+
 class CsrfViewMiddleware(InlineHooks, _Csrf):
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        if self.async_mode:  # the handler takes the view hook as it finds it after __init__
+            self.process_view = self._process_view_async  # type: ignore[method-assign,assignment]
+
     def request_blocks(self, request: HttpRequest) -> bool:
         return bool(settings.CSRF_USE_SESSIONS)
 
     def response_blocks(self, request: HttpRequest, response: HttpResponseBase) -> bool:
         return bool(settings.CSRF_USE_SESSIONS)
 
-    async def process_view(  # type: ignore[override]  # a coroutine: the handler awaits it
-            self, request: HttpRequest, callback: Any, callback_args: Any,
-            callback_kwargs: Any) -> HttpResponseBase | None:
-        if settings.CSRF_USE_SESSIONS:
-            return await sync_to_async(_Csrf.process_view, thread_sensitive=True)(
-                self, request, callback, callback_args, callback_kwargs)
-        return _Csrf.process_view(self, request, callback, callback_args, callback_kwargs)
+    async def _process_view_async(self, request: HttpRequest, callback: Any, callback_args: Any,
+                                  callback_kwargs: Any) -> HttpResponseBase | None:
+        """The stock view hook: on the loop where it only accepts (a safe method, a view exempt
+        from CSRF such as the API's, a request already checked); on the request's thread where
+        it checks a token (it reads the form, and a refusal renders the failure page)."""
+        accepts = (getattr(request, "csrf_processing_done", False)
+                   or getattr(callback, "csrf_exempt", False) or request.method in SAFE_METHODS)
+        if accepts and not settings.CSRF_USE_SESSIONS:
+            return _Csrf.process_view(self, request, callback, callback_args, callback_kwargs)
+        return await sync_to_async(_Csrf.process_view, thread_sensitive=True)(
+            self, request, callback, callback_args, callback_kwargs)
 
 
 class AuthenticationMiddleware(InlineHooks, _Authentication):

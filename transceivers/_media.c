@@ -10,6 +10,7 @@
 #include <Python.h>
 
 #include <stdint.h>
+#include <string.h>
 
 static PyObject *
 energy(PyObject *self, PyObject *args)
@@ -24,10 +25,12 @@ energy(PyObject *self, PyObject *args)
         return PyErr_Format(PyExc_ValueError, "%zd samples do not fit in %zd bytes", count,
                             view.len);
     }
-    const int16_t *samples = (const int16_t *)view.buf;
+    const char *bytes = (const char *)view.buf;
     uint64_t sum = 0; /* 32767^2 * 2^33 samples before it could wrap */
     for (Py_ssize_t i = 0; i < count; i++) {
-        int32_t s = samples[i];
+        int16_t sample; /* memcpy: a buffer (a memoryview slice) need not be aligned */
+        memcpy(&sample, bytes + i * (Py_ssize_t)sizeof sample, sizeof sample);
+        int32_t s = sample;
         sum += (uint64_t)(s * s);
     }
     PyBuffer_Release(&view);

@@ -13,7 +13,8 @@ Audio needs none of that assembly: an audio RTP packet carries whole frames (RFC
 4.2: one Opus packet per RTP packet; the same for G.711 and G.722). ``AudioReleaseBuffer``
 releases each packet as it arrives, in order: a packet older than the last one released (late
 or duplicated) is dropped, a hole is skipped (those frames are lost, as they would be later),
-and a packet more than ``MAX_MISORDER`` behind is a restarted stream, released and followed.
+and a packet of another SSRC, or more than ``MAX_MISORDER`` behind (aiortc's rule), is a
+restarted stream, released and followed.
 The transceiver sits behind the relay on loopback or a data-centre LAN; the client's own jitter
 buffer absorbs the network's jitter on the way back.
 """
@@ -38,11 +39,14 @@ class AudioReleaseBuffer:
     frame, released at once (see the module's docstring)."""
 
     def __init__(self) -> None:
+        self._ssrc: int | None = None  # the stream followed
         self._next: int | None = None  # the sequence number expected next
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         """(never a picture loss, the packet's frame or None when it is late)."""
         sequence = packet.sequence_number
+        if packet.ssrc != self._ssrc:  # another stream (a restarted sender): followed from here
+            self._ssrc, self._next = packet.ssrc, None
         if self._next is not None:
             behind = (self._next - sequence) & 0xFFFF
             if 0 < behind <= MAX_MISORDER:  # late, or a duplicate

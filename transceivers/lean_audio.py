@@ -12,10 +12,10 @@ Receiving: ``AudioPath.take`` stands in for ``RTCDtlsTransport._handle_rtp_data`
 audio receiver (its SSRC in the router's table, its payload type one of the receiver's, not
 RTX): the same statistics (RTCP receiver reports), jitter buffer, timestamp mapping and decoder
 hand-off, in one call from the mux's read callback (``transceivers.lean_rtp``). Anything else,
-a stream's first packet included, takes aiortc's path, which learns the route. Differences,
-all invisible on the wire: header extensions of received audio are not parsed (aiortc's audio
-receiver uses none of them), and the synchronization source's "last seen" time
-(``getSynchronizationSources``) is refreshed once a second, not per packet.
+a stream's first packet included, takes aiortc's path, which learns the route, and so does a
+packet aiortc would refuse to parse. One difference, invisible on the wire: the synchronization
+source's "last seen" time (``getSynchronizationSources``) is refreshed once a second, not per
+packet.
 
 Sending: ``run_rtp`` replaces ``RTCRtpSender._run_rtp`` for audio senders: the same frames,
 packets, history (NACK retransmission), sender-report counters and header extensions (built
@@ -58,6 +58,7 @@ class AudioPath:
     def __init__(self, receiver: RTCRtpReceiver, dtls: Any) -> None:
         self.receiver = receiver
         self._router = dtls._rtp_router
+        self._extensions = dtls._rtp_header_extensions_map
         self._streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
         self._active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
         self._jitter = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
@@ -85,15 +86,26 @@ class AudioPath:
                 or receiver not in self._router.payload_type_table.get(payload_type, ())):
             return False
         codec = receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
+        if codec is None:
+            return False
         if codec is not self._codec:  # is_rtx parses the MIME type: once per codec
-            if codec is None or is_rtx(codec):
+            if is_rtx(codec):
                 return False
             self._codec = codec
         start = 12 + 4 * (first & 0x0F)
-        if first & 0x10:  # header extensions: skipped, an audio receiver reads none of them
+        extensions = None
+        if first & 0x10:  # parsed as aiortc parses them: a malformed block is aiortc's to drop
             if len(data) < start + 4:
                 return False
-            start += 4 + 4 * EXTENSION_HEADER.unpack_from(data, start)[1]
+            profile, words = EXTENSION_HEADER.unpack_from(data, start)
+            value = data[start + 4:start + 4 + 4 * words]
+            start += 4 + 4 * words
+            if len(value) < 4 * words:
+                return False
+            try:
+                extensions = self._extensions.get(profile, value)
+            except (ValueError, struct.error):
+                return False
         end = len(data)
         if first & 0x20:  # padding
             end -= data[-1]
@@ -107,6 +119,12 @@ class AudioPath:
             self._active[ssrc] = clock.current_datetime()
             self._refreshed[ssrc] = arrival_ms
         packet = RtpPacket(payload_type, second >> 7, sequence, timestamp, ssrc, data[start:end])
+        if extensions is not None:
+            packet.extensions = extensions
+        if first & 0x0F:
+            packet.csrc = list(struct.unpack_from(f"!{first & 0x0F}L", data, 12))
+        if first & 0x20:
+            packet.padding_size = data[-1]
         stream = self._streams.get(ssrc)
         if stream is None:
             stream = self._streams[ssrc] = StreamStatistics(codec.clockRate)
@@ -167,7 +185,9 @@ class HeaderWriter:
 
 
 def _sender(dtls: Any) -> Callable[[bytes], Any]:
-    """Protect and send an RTP packet on ``dtls`` as ``RTCDtlsTransport._send_rtp`` does; the
+    """Protect and send an RTP packet on ``dtls`` as ``RTCDtlsTransport._send_rtp`` does for
+    RTP (it tells RTCP apart by the second byte, which for a marked packet of payload type 64-80
+    reads as RTCP: an audio packet is always protected as RTP here), counting it once sent; the
     result is None when sent at once, else an awaitable (an ICE transport without
     ``direct_send``)."""
 
@@ -177,12 +197,19 @@ def _sender(dtls: Any) -> Callable[[bytes], Any]:
         data = dtls._tx_srtp.protect(data)
         ice_send = dtls.transport._send
         now = getattr(ice_send, "now", None)
-        dtls._RTCDtlsTransport__tx_bytes += len(data)
-        dtls._RTCDtlsTransport__tx_packets += 1
         if now is not None:
             now(data)
+            count(len(data))
             return None
-        return ice_send(data)
+        return counted(ice_send(data), len(data))
+
+    def count(size: int) -> None:
+        dtls._RTCDtlsTransport__tx_bytes += size
+        dtls._RTCDtlsTransport__tx_packets += 1
+
+    async def counted(sending: Any, size: int) -> None:
+        await sending
+        count(size)
 
     return send
 

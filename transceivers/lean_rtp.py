@@ -29,7 +29,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import pylibsrtp
@@ -93,15 +93,31 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         logger.error("handling a received packet failed", exc_info=task.exception())
 
 
-def srtp_sink(dtls: Any, audio: AudioPath | None = None) -> Callable[[bytes], bool]:
+def _took(take: Callable[[bytes, int], bool], packet: bytes, arrival: int) -> bool:
+    """``take(packet, arrival)``; what it raises is logged (as ``drive`` logs what aiortc's
+    handlers raise) and the packet counts as handled: never out of the mux's read loop."""
+    try:
+        return take(packet, arrival)
+    except Exception:
+        logger.exception("handling a received audio packet failed")
+        return True
+
+
+def srtp_sink(dtls: Any, audio: Sequence[AudioPath] = ()) -> Callable[[bytes], bool]:
     """What the mux calls for an RTP or RTCP datagram of the session of DTLS transport
     ``dtls``: True when handled here (or dropped as aiortc would), False to leave it to
-    aioice's path (the transport is not connected any more). RTP packets ``audio`` takes
-    (``transceivers.lean_audio``) skip aiortc's per-packet objects."""
+    aioice's path (the transport is not connected any more). RTP packets one of ``audio``
+    takes (``transceivers.lean_audio``, a path per audio receiver) skip aiortc's per-packet
+    objects."""
     rx = dtls._rx_srtp
     handle_rtp, handle_rtcp = dtls._handle_rtp_data, dtls._handle_rtcp_data
     current_ms = clock.current_ms
-    take = audio.take if audio is not None else None
+    take: Callable[[bytes, int], bool] | None = None
+    if len(audio) == 1:
+        take = audio[0].take
+    elif audio:
+        def take(packet: bytes, arrival: int) -> bool:
+            return any(path.take(packet, arrival) for path in audio)
 
     def sink(data: bytes) -> bool:
         global handled
@@ -114,7 +130,7 @@ def srtp_sink(dtls: Any, audio: AudioPath | None = None) -> Callable[[bytes], bo
             else:
                 arrival = current_ms()
                 packet = rx.unprotect(data)
-                if take is None or not take(packet, arrival):
+                if take is None or not _took(take, packet, arrival):
                     drive(handle_rtp(packet, arrival_time_ms=arrival))
         except pylibsrtp.Error:  # forged, replayed or damaged: aiortc drops it too
             pass
@@ -151,9 +167,9 @@ def attach(pc: RTCPeerConnection) -> int:
         dtls = transceiver.receiver.transport
         if dtls is None or dtls._rx_srtp is None:
             continue
-        receiver = transceiver.receiver
-        audio = (AudioPath(receiver, dtls)
-                 if lean_audio.active() and AudioPath.suits(receiver) else None)
+        audio = [AudioPath(t.receiver, dtls) for t in pc.getTransceivers()
+                 if t.receiver.transport is dtls and AudioPath.suits(t.receiver)
+                 ] if lean_audio.active() else []
         sink = srtp_sink(dtls, audio)
         connection = dtls.transport._connection
         for protocol in connection._protocols:

@@ -128,14 +128,13 @@ def test_repeated_runs_merge_to_medians_and_majority_verdicts() -> None:
 
     def run(value: float, base: float, met: bool) -> list[Row]:
         return [Row("a", value, "ms", baseline=base, ratio=value / base, target="<= 10 ms",
-                    met=met, note="n"), Row("b", value * 2, "x")]
+                    met=met, note="n"), Row("b", value * 2, "x"), Row("c", float("nan"), "-")]
 
-    merged = merge_runs([run(9.0, 2.0, True), run(12.0, 3.0, False), run(8.0, 2.5, True),
-                         run(11.0, 2.0, False)[:1]])
-    assert [r.name for r in merged] == ["a", "b"]
-    a, b = merged
-    assert a.value == 10.0 and a.baseline == 2.25 and a.met is False  # 2 of 4: no majority
-    assert a.note == "median of 4 runs (9, 12.0, 8, 11.0); met in 2 of 4; n"
-    assert b.value == 18.0 and b.met is None and "median of 3 runs" in b.note
-    _well_formed(merged)
-    assert merge_runs([run(1.0, 1.0, True)]) == run(1.0, 1.0, True)
+    merged = merge_runs([run(9.0, 2.0, True), run(12.0, 3.0, False), run(8.0, 2.5, True)])
+    assert [r.name for r in merged] == ["a", "b", "c"]
+    a, b, c = merged
+    assert (a.value, a.baseline, a.ratio, a.met) == (9.0, 2.5, 4.0, True)  # 2 of 3 met
+    assert a.note == "median of 3 runs (9, 12.0, 8); ratios 4.5, 4, 3.2; met in 2 of 3; last run: n"
+    assert b.value == 18.0 and b.met is None and b.ratio is None
+    assert math.isnan(c.value)
+    assert merge_runs([run(1.0, 1.0, True)])[:2] == run(1.0, 1.0, True)[:2]  # one run: as is

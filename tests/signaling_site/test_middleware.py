@@ -102,3 +102,21 @@ async def test_messages_are_stored_on_the_thread_and_shown_once() -> None:
         await client.get("/add")
         assert (await client.get("/show")).content == b"drained"
         assert (await client.get("/show")).content == b""
+
+
+def test_csrf_view_hook_is_the_stock_one_on_sync_requests() -> None:
+    """WSGI and the sync test client keep the stock (synchronous) view hook; an ASGI request
+    gets the coroutine that checks tokens on the request's thread."""
+    import inspect
+
+    from django.http import HttpResponse
+
+    def sync_view(request: Any) -> HttpResponse:
+        return HttpResponse()
+
+    async def async_view(request: Any) -> HttpResponse:
+        return HttpResponse()
+
+    sync = middleware.CsrfViewMiddleware(sync_view)
+    assert not inspect.iscoroutinefunction(sync.process_view)
+    assert inspect.iscoroutinefunction(middleware.CsrfViewMiddleware(async_view).process_view)

@@ -57,6 +57,14 @@ def test_sequence_numbers_wrap_and_a_restarted_stream_is_followed() -> None:
     assert [frame for _, frame in restarted] == [5000, 5001, 1000, 1001, 1002]
 
 
+def test_another_ssrc_is_a_new_stream_even_just_behind() -> None:
+    buffer = AudioReleaseBuffer()
+    assert [f for _, f in _feed(buffer, [100, 101, 102])] == [100, 101, 102]
+    packet = RtpPacket(111, 0, 90, 90 * 960, 2)  # 12 behind, but a new sender: followed
+    packet._data = b"x"  # type: ignore[attr-defined]
+    assert buffer.add(packet)[1] is not None
+
+
 def test_tune_gives_audio_receivers_the_release_buffer() -> None:
     async def check() -> None:
         pc = RTCPeerConnection()

@@ -165,7 +165,9 @@ def _packets(ssrc: int) -> list[bytes]:
     order = list(range(20)) + [21, 20, 22, 22, 23, 25, 24, 26] + list(range(27, 45))
     out = [packet(i, ext=i % 3 == 0, csrc=[7, 8] if i % 5 == 0 else [],
                   padding=4 if i % 7 == 0 else 0) for i in order]
-    out += [packet(45, pt=0), packet(46)[:10], bytes([0x40]) + packet(47)[1:],
+    broken = bytearray(packet(49, ext=True))
+    broken[16] = 0x1F  # the first one-byte element claims 16 bytes: truncated, aiortc drops it
+    out += [packet(45, pt=0), packet(46)[:10], bytes([0x40]) + packet(47)[1:], bytes(broken),
             packet(48, ssrc=ssrc + 1), packet(49, ssrc=ssrc + 1)]
     return out
 

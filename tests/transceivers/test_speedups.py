@@ -65,6 +65,8 @@ def test_c_energy_is_built_and_equals_numpys() -> None:
         data = samples.astype(np.int16).tobytes()
         for count in (0, 1, len(samples) // 2, len(samples)):
             assert energy(data, count) == speedups.numpy_energy(data, count)
+    odd = memoryview(b"\x00" + np.arange(-500, 500, dtype=np.int16).tobytes())[1:]  # unaligned
+    assert energy(odd, 1000) == speedups.numpy_energy(bytes(odd), 1000)
     with pytest.raises(ValueError, match="do not fit"):
         energy(b"\x00" * 10, 6)
     with pytest.raises(ValueError):
