@@ -3,19 +3,19 @@
 Measured under 40 echo calls (py-spy, 2026-12-01): beyond the codec, a transceiver spent ~155
 us per echoed frame, of which a bare loop doing only what the frame needs (``bench/voice.py``,
 ``echo_floor``: receive, SRTP, decode, level, encode, SRTP, send) spends ~50. Most of the rest
-is aiortc's generality, paid per packet: parsing every header extension (none of which an
-audio receiver reads), routing, a coroutine chain per received packet; on the way out an
-``RtpPacket`` serialized through the extension map, and three coroutines to the socket.
+is aiortc's generality, paid per packet: the router, the receiver's checks for video's work
+(NACK, REMB, RTX), a coroutine chain per received packet; on the way out an ``RtpPacket``
+serialized through the extension map, and three coroutines to the socket.
 
 Receiving: ``AudioPath.take`` stands in for ``RTCDtlsTransport._handle_rtp_data`` and
 ``RTCRtpReceiver._handle_rtp_packet`` for packets of a stream aiortc has already routed to an
 audio receiver (its SSRC in the router's table, its payload type one of the receiver's, not
 RTX): the same statistics (RTCP receiver reports), jitter buffer, timestamp mapping and decoder
-hand-off, in one call from the mux's read callback (``transceivers.lean_rtp``). Anything else,
-a stream's first packet included, takes aiortc's path, which learns the route, and so does a
-packet aiortc would refuse to parse. One difference, invisible on the wire: the synchronization
-source's "last seen" time (``getSynchronizationSources``) is refreshed once a second, not per
-packet.
+hand-off, on the ``RtpPacket`` aiortc's own parser makes, in one call from the mux's read
+callback (``transceivers.lean_rtp``). Anything else, a stream's first packet included, takes
+aiortc's path, which learns the route, and so does a packet aiortc's parser refuses. One
+difference, invisible on the wire: the synchronization source's "last seen" time
+(``getSynchronizationSources``) is refreshed once a second, not per packet.
 
 Sending: ``run_rtp`` replaces ``RTCRtpSender._run_rtp`` for audio senders: the same frames,
 packets, history (NACK retransmission), sender-report counters and header extensions (built
@@ -76,55 +76,29 @@ class AudioPath:
 
     def take(self, data: bytes, arrival_ms: int) -> bool:
         """Handle unprotected RTP packet ``data`` as aiortc would; False (untouched) when it is
-        not a routed packet of this receiver's audio, for aiortc's path to handle."""
-        if len(data) < 12:
+        not a routed packet of this receiver's audio, for aiortc's path to handle (a packet
+        aiortc's parser refuses included: that path drops it)."""
+        try:
+            packet = RtpPacket.parse(data, self._extensions)
+        except (ValueError, struct.error):
             return False
-        first, second, sequence, timestamp, ssrc = RTP_HEADER.unpack_from(data)
-        payload_type = second & 0x7F
         receiver = self.receiver
-        if (first & 0xC0 != 0x80 or self._router.ssrc_table.get(ssrc) is not receiver
-                or receiver not in self._router.payload_type_table.get(payload_type, ())):
+        ssrc = packet.ssrc
+        if (self._router.ssrc_table.get(ssrc) is not receiver
+                or receiver not in self._router.payload_type_table.get(packet.payload_type, ())):
             return False
-        codec = receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
+        codec = receiver._RTCRtpReceiver__codecs.get(packet.payload_type)  # type: ignore[attr-defined]
         if codec is None:
             return False
         if codec is not self._codec:  # is_rtx parses the MIME type: once per codec
             if is_rtx(codec):
                 return False
             self._codec = codec
-        start = 12 + 4 * (first & 0x0F)
-        extensions = None
-        if first & 0x10:  # parsed as aiortc parses them: a malformed block is aiortc's to drop
-            if len(data) < start + 4:
-                return False
-            profile, words = EXTENSION_HEADER.unpack_from(data, start)
-            value = data[start + 4:start + 4 + 4 * words]
-            start += 4 + 4 * words
-            if len(value) < 4 * words:
-                return False
-            try:
-                extensions = self._extensions.get(profile, value)
-            except (ValueError, struct.error):
-                return False
-        end = len(data)
-        if first & 0x20:  # padding
-            end -= data[-1]
-            if data[-1] == 0 or end < start:
-                return False
-        if start > end:
-            return False
         if not receiver._enabled:
             return True
         if arrival_ms - self._refreshed.get(ssrc, -ACTIVE_REFRESH_MS) >= ACTIVE_REFRESH_MS:
             self._active[ssrc] = clock.current_datetime()
             self._refreshed[ssrc] = arrival_ms
-        packet = RtpPacket(payload_type, second >> 7, sequence, timestamp, ssrc, data[start:end])
-        if extensions is not None:
-            packet.extensions = extensions
-        if first & 0x0F:
-            packet.csrc = list(struct.unpack_from(f"!{first & 0x0F}L", data, 12))
-        if first & 0x20:
-            packet.padding_size = data[-1]
         stream = self._streams.get(ssrc)
         if stream is None:
             stream = self._streams[ssrc] = StreamStatistics(codec.clockRate)
