@@ -114,20 +114,63 @@ class _Quiet:
         return None
 
 
-async def _direct(offers: list[str], count: int, seconds: float, *, events: object = None
-                  ) -> tuple[list[float], float]:
-    from transceivers import aiortc_hook
+def _manager(mux: Any, *, events: object = None, shared_certificate: bool = True) -> Any:
+    """A ``SessionManager`` as the transceiver daemon composes one (its default certificate
+    keeping), reporting and publishing nothing unless ``events`` is given."""
     from transceivers.agents import EchoAgent
+    from transceivers.dtls import CertificateKeeper
     from transceivers.sessions import SessionManager
+
+    quiet = _Quiet()
+    return SessionManager(mux=mux, agent_factory=EchoAgent, reporter=quiet,
+                          events=events or quiet,  # type: ignore[arg-type]
+                          connect_timeout=60.0, capacity=100_000,
+                          certificates=CertificateKeeper() if shared_certificate else None)
+
+
+def _direct_mux() -> Any:
+    from transceivers import aiortc_hook
     from transceivers.shared_socket import SOCKET_BUFFER, IceMux
 
     aiortc_hook.install()
     mux = IceMux(bind_udp(("127.0.0.1", 0), buffer=SOCKET_BUFFER))
     mux.start()
-    quiet = _Quiet()
-    manager = SessionManager(mux=mux, agent_factory=EchoAgent, reporter=quiet,
-                             events=events or quiet,  # type: ignore[arg-type]
-                             connect_timeout=60.0, capacity=100_000)
+    return mux
+
+
+async def paired_certificate(offers: list[str], count: int) -> dict[str, list[float]]:
+    """Ms from an offer to its answer *and* the DTLS start aiortc runs right after it (on the
+    same loop, ahead of the reply to signaling: three loop turns), one transceiver making a
+    certificate per session (aiortc's way) and one sharing the process's
+    (``TRANSCEIVER_SHARED_CERTIFICATE``), offers alternating between them:
+    {"own": [...], "shared": [...]}, round by round."""
+    mux = _direct_mux()
+    managers = {"own": _manager(mux, shared_certificate=False), "shared": _manager(mux)}
+    times: dict[str, list[float]] = {name: [] for name in managers}
+    try:
+        for i, offer in enumerate(itertools.islice(itertools.cycle(offers), count + 10)):
+            for name in (("own", "shared") if i % 2 == 0 else ("shared", "own")):
+                session_id = str(uuid.uuid4())
+                ufrag = mint_ufrag(shard=1, transceiver=1, key_id=1, key=KEY,
+                                   nonce=os.urandom(4))
+                started = time.perf_counter()
+                await managers[name].open(session_id=session_id, offer_sdp=offer, ufrag=ufrag,
+                                          pwd=mint_password(os.urandom(18)),
+                                          relay_public=("127.0.0.1", 9))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                if i >= 10:  # the first rounds warm up
+                    times[name].append((time.perf_counter() - started) * 1000)
+                await managers[name].close(session_id)
+    finally:
+        mux.close()
+    return times
+
+
+async def _direct(offers: list[str], count: int, seconds: float, *, events: object = None
+                  ) -> tuple[list[float], float]:
+    mux = _direct_mux()
+    manager = _manager(mux, events=events)
     n = itertools.count()
 
     async def answer(offer: str) -> tuple[float, str]:
@@ -302,6 +345,7 @@ def run(quick: bool) -> list[Row]:
 
     published, _ = asyncio.run(_direct(offers, count, 0.0, events=ChannelEventSink()))
     pairs = paired_middleware(running.env, offers, count)  # before the rate steps' aftermath
+    certs = asyncio.run(paired_certificate(offers, count))
     rate = signaling_rate([base_url], offers, seconds)
     with replica(running.env) as second:
         signaling_latency(second, offers, 5)  # warm-up
@@ -311,6 +355,7 @@ def run(quick: bool) -> list[Row]:
     d50, d99 = percentile(direct_times, 50), percentile(direct_times, 99)
     inline50, stock50 = percentile(pairs["inline"], 50), percentile(pairs["stock"], 50)
     paired = median([a - b for a, b in zip(pairs["inline"], pairs["stock"], strict=True)])
+    cert_paired = median([a - b for a, b in zip(certs["shared"], certs["own"], strict=True)])
     return [
         Row("signaling: offer -> answer p50", p50, "ms", baseline=d50, ratio=p50 / d50,
             note=f"POST /v1/sessions on {database}, real aiortc offers, n={count}; baseline: "
@@ -327,6 +372,12 @@ def run(quick: bool) -> list[Row]:
             note=f"two extra signaling processes, {count} alternating offers each; baseline: "
                  f"Django's stock middleware (INLINE_MIDDLEWARE=0); paired (median of per-round "
                  f"differences): {paired:+.2f} ms"),
+        Row("signaling A/B: transceiver answer + DTLS start p50, shared certificate",
+            percentile(certs["shared"], 50), "ms", baseline=percentile(certs["own"], 50),
+            ratio=percentile(certs["shared"], 50) / percentile(certs["own"], 50),
+            note=f"in-process, {count} alternating offers each; baseline: a certificate per "
+                 "session (TRANSCEIVER_SHARED_CERTIFICATE=0); paired (median of per-round "
+                 f"differences): {cert_paired:+.2f} ms"),
         Row("signaling: view's sync steps p50 (sum)", sum(steps.values()), "ms",
             note=", ".join(f"{k} {v:.1f}" for k, v in steps.items())
             + " ms; one thread hop; measured after the sustained-rate steps"),

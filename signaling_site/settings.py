@@ -239,6 +239,9 @@ TRANSCEIVER_CAPACITY = env_int("TRANSCEIVER_CAPACITY", 200)
 # A lost DTLS handshake flight is resent after this many seconds, doubling (transceivers.dtls);
 # 0 leaves it to OpenSSL's own timer (1 s).
 DTLS_RETRANSMIT_INITIAL = env_float("DTLS_RETRANSMIT_INITIAL", 0.15)
+# One DTLS certificate (and OpenSSL context) for all of a transceiver's sessions, renewed daily
+# (transceivers.dtls); 0: a certificate per session, as aiortc makes them.
+TRANSCEIVER_SHARED_CERTIFICATE = env_bool("TRANSCEIVER_SHARED_CERTIFICATE", True)
 # Voice agent factory (session_id -> transceivers.agents.VoiceAgent) for run_transceiver.
 VOICE_AGENT = env_str("VOICE_AGENT", "transceivers.agents.EchoAgent")
 FLOW_IDLE_TIMEOUT = env_float("FLOW_IDLE_TIMEOUT", 60.0)

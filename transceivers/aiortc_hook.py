@@ -1,17 +1,20 @@
 """The aioice hook that puts every aiortc session's ICE on the transceiver's shared socket.
 
 ``install()`` replaces the module global ``aiortc.rtcicetransport.Connection`` with
-``MuxConnection`` once, aiortc's certificate with ``transceivers.dtls.InteropCertificate`` and its
-DTLS transport with ``transceivers.dtls.FastRetransmitDtlsTransport``.
+``MuxConnection`` once, aiortc's certificate with ``SessionCertificate`` and its DTLS transport
+with ``transceivers.dtls.FastRetransmitDtlsTransport``.
 ``MuxConnection`` behaves exactly like ``aioice.Connection`` unless it is constructed inside
 ``bind_next_connection(...)`` (a contextvar scoped to one session's ``setRemoteDescription``);
-so plain aiortc peers in the same process keep their own sockets.
+so plain aiortc peers in the same process keep their own sockets. Likewise a peer connection
+made inside ``certificates_from(keeper)`` takes the keeper's shared certificate; any other gets
+a fresh ``InteropCertificate``, as aiortc would make.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +28,7 @@ from aioice.candidate import candidate_foundation, candidate_priority
 from fleet.addresses import Addr
 from transceivers.dtls import (
     DEFAULT_RETRANSMIT,
+    CertificateKeeper,
     FastRetransmitDtlsTransport,
     InteropCertificate,
     RetransmitPolicy,
@@ -155,11 +159,38 @@ class MuxConnection(aioice.Connection):
         super().check_complete(pair)
 
 
+_KEEPER: contextvars.ContextVar[CertificateKeeper | None] = contextvars.ContextVar(
+    "certificate_keeper", default=None
+)
+
+
+class SessionCertificate(InteropCertificate):
+    """What aiortc's ``RTCPeerConnection`` makes its certificate with, once installed."""
+
+    @classmethod
+    def generateCertificate(cls) -> InteropCertificate:  # type: ignore[override]
+        keeper = _KEEPER.get()
+        if keeper is None:
+            return InteropCertificate.generateCertificate()
+        return keeper.current(time.monotonic())
+
+
+@contextlib.contextmanager
+def certificates_from(keeper: CertificateKeeper | None) -> Iterator[None]:
+    """Peer connections made inside take ``keeper``'s certificate (None: one of their own)."""
+    token = _KEEPER.set(keeper)
+    try:
+        yield
+    finally:
+        _KEEPER.reset(token)
+
+
 def install(dtls_retransmit: RetransmitPolicy | None = DEFAULT_RETRANSMIT) -> None:
     """Make aiortc build ``MuxConnection`` (idempotent; stock behaviour outside a binding), give
-    each new peer connection an ``InteropCertificate`` (more DTLS cipher suites) and a DTLS
-    transport that resends handshake flights on ``dtls_retransmit`` (None: OpenSSL's 1 s)."""
+    each new peer connection an ``InteropCertificate`` (more DTLS cipher suites; inside
+    ``certificates_from``, a shared one) and a DTLS transport that resends handshake flights on
+    ``dtls_retransmit`` (None: OpenSSL's 1 s)."""
     aiortc.rtcicetransport.Connection = MuxConnection  # type: ignore[misc]
-    aiortc.rtcpeerconnection.RTCCertificate = InteropCertificate  # type: ignore[misc]
+    aiortc.rtcpeerconnection.RTCCertificate = SessionCertificate  # type: ignore[misc]
     FastRetransmitDtlsTransport.policy = dtls_retransmit
     aiortc.rtcpeerconnection.RTCDtlsTransport = FastRetransmitDtlsTransport  # type: ignore[misc]

@@ -29,7 +29,7 @@ from transceivers import aiortc_hook, lean_audio, lean_rtp, speedups
 from transceivers.agents import AgentFactory, EchoAgent
 from transceivers.background import BackgroundTasks
 from transceivers.control_server import ControlServer
-from transceivers.dtls import DEFAULT_RETRANSMIT, RetransmitPolicy
+from transceivers.dtls import DEFAULT_RETRANSMIT, CertificateKeeper, RetransmitPolicy
 from transceivers.metrics import (
     AudioSampler,
     TransceiverCollector,
@@ -66,6 +66,7 @@ class TransceiverConfig:
     admin: Addr | None = None  # HOST:PORT of the /livez, /readyz, /metrics endpoint
     advertise: Addr | None = None  # what relays frame to (registry, DB row); None: the bound one
     dtls_retransmit: float = DEFAULT_RETRANSMIT.initial  # first DTLS flight resend (s); 0: 1 s
+    shared_certificate: bool = True  # one DTLS certificate for all sessions (transceivers.dtls)
 
 
 class Transceiver:
@@ -120,6 +121,7 @@ class Transceiver:
             mux=self.mux, agent_factory=self._agent_factory, reporter=self._reporter,
             events=self._events, connect_timeout=self.config.connect_timeout,
             capacity=self.config.capacity, incarnation=self.incarnation, metrics=self.metrics,
+            certificates=CertificateKeeper() if self.config.shared_certificate else None,
         )
         host, port = self.advertised
         if self.config.region_code is not None:

@@ -1,5 +1,6 @@
-"""The DTLS of every aiortc session: cipher suites that independent WebRTC stacks share, and
-handshake flights resent on a short timer (``FastRetransmitDtlsTransport``, below).
+"""The DTLS of every aiortc session: cipher suites that independent WebRTC stacks share, one
+certificate per transceiver process (``CertificateKeeper``), and handshake flights resent on a
+short timer (``FastRetransmitDtlsTransport``, below).
 
 aiortc 1.16 offers only ECDHE-ECDSA suites, so a DTLS server with an RSA certificate (GStreamer's
 DTLS agent, 2048-bit RSA) answers a handshake_failure alert (RFC 5246 §7.4.2: the certificate
@@ -16,7 +17,14 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
-from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, SRTPProtectionProfile
+from aiortc.rtcdtlstransport import (
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    RTCDtlsTransport,
+    SRTPProtectionProfile,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
 logger = logging.getLogger(__name__)
@@ -74,6 +82,61 @@ class InteropCertificate(RTCCertificate):
         ctx.set_cipher_list(CIPHER_SUITES)
         ctx.set_info_callback(_log_alert)
         return ctx
+
+
+# -- One certificate per process ----------------------------------------------------------------
+#
+# aiortc makes a certificate for every peer connection (an ECDSA P-256 key and a signed X.509:
+# ~95 us here), hashes it for the answer's fingerprint (~30 us) and builds an OpenSSL context
+# for it when DTLS starts (~250 us, right after the answer, competing with the reply). A server
+# needs none of that per call: its certificate is its identity, and SFUs keep one per process
+# (mediasoup per worker, Janus per process). WebRTC authenticates each DTLS handshake by the
+# fingerprint in that call's signed-off SDP (RFC 8122 §5, RFC 8827 §6.5), not by a fresh key.
+# The context's session cache is off, so no handshake of one call can resume another's.
+
+ROTATE_AFTER = 24 * 3600.0  # s: a new certificate for sessions opened after this (aiortc's are
+# valid for 30 days; a transceiver may run longer)
+
+
+class SharedCertificate(InteropCertificate):
+    """An ``InteropCertificate`` that many sessions use: its fingerprints computed once, one
+    DTLS context per list of SRTP profiles (its session cache off)."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        super().__init__(key=key, cert=cert)
+        self._fingerprints: list[RTCDtlsFingerprint] | None = None
+        self._contexts: dict[tuple[bytes, ...], SSL.Context] = {}
+
+    def getFingerprints(self) -> list[RTCDtlsFingerprint]:
+        if self._fingerprints is None:
+            self._fingerprints = super().getFingerprints()
+        return list(self._fingerprints)
+
+    def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> SSL.Context:
+        key = tuple(p.openssl_profile for p in srtp_profiles)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = super()._create_ssl_context(srtp_profiles)
+            ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            self._contexts[key] = ctx
+        return ctx
+
+
+class CertificateKeeper:
+    """The certificate a process's sessions use: made on first use, replaced once it is
+    ``rotate_after`` seconds old (sessions keep the one they started with)."""
+
+    def __init__(self, rotate_after: float = ROTATE_AFTER) -> None:
+        self.rotate_after = rotate_after
+        self._current: SharedCertificate | None = None
+        self._made = 0.0
+
+    def current(self, now: float) -> SharedCertificate:
+        """The certificate for a session opened at ``now`` (monotonic seconds)."""
+        if self._current is None or now - self._made >= self.rotate_after:
+            self._current = SharedCertificate.generateCertificate()
+            self._made = now
+        return self._current
 
 
 # -- Handshake retransmission on a short timer ------------------------------------------------

@@ -20,9 +20,10 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from fleet.addresses import Addr
 from transceivers import lean_rtp
 from transceivers.agents import AgentFactory, VoiceAgent
-from transceivers.aiortc_hook import MuxBinding, bind_next_connection
+from transceivers.aiortc_hook import MuxBinding, bind_next_connection, certificates_from
 from transceivers.background import BackgroundTasks
 from transceivers.control import ControlError, EventState, SessionEvent
+from transceivers.dtls import CertificateKeeper
 from transceivers.jitter import tune_audio_receiver
 from transceivers.metrics import TransceiverMetrics
 from transceivers.reporting import EventSink, SessionReporter
@@ -64,9 +65,11 @@ class SessionManager:
     def __init__(
         self, *, mux: IceMux, agent_factory: AgentFactory, reporter: SessionReporter,
         events: EventSink, connect_timeout: float, capacity: int, incarnation: str = "",
-        metrics: TransceiverMetrics | None = None,
+        metrics: TransceiverMetrics | None = None, certificates: CertificateKeeper | None = None,
     ) -> None:
         self.mux = mux
+        # one DTLS certificate for every session (transceivers.dtls); None: one per session
+        self.certificates = certificates
         self.incarnation = incarnation  # of this process: recorded on each session it answers
         self._agent_factory = agent_factory
         self._reporter = reporter
@@ -113,9 +116,10 @@ class SessionManager:
         except ValueError as exc:
             code = "no_audio" if str(exc) == "no audio" else "bad_sdp"
             raise ControlError(code, str(exc)) from None
-        pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
+        with certificates_from(self.certificates):
+            pc = RTCPeerConnection(
+                RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+            )
         session = LiveSession(session_id, ufrag, pc, self._agent_factory(session_id))
         self._sessions[session_id] = session
         try:

@@ -84,6 +84,31 @@ async def test_echo_comes_back_at_440_hz(transceiver: Transceiver) -> None:
         await client.pc.close()
 
 
+def _fingerprint(sdp: str) -> str:
+    return next(line for line in sdp.splitlines() if line.startswith("a=fingerprint:"))
+
+
+async def test_sessions_share_the_transceivers_certificate_and_each_connects(
+    transceiver: Transceiver,
+) -> None:
+    """One DTLS certificate for the process (``transceivers.dtls``): two calls at once both
+    connect and echo; their answers carry the same fingerprint, the clients' offers their own."""
+    clients = [Client(), Client()]
+    async with Framer(transceiver.address) as framer:
+        for client in clients:
+            await open_session(transceiver.config.transceiver_id, framer, client)
+        for client in clients:
+            await client.wait_connected()
+            assert client.echo is not None
+            freqs, _ = await collect_echo(await client.echo, 1.0)
+            assert sum(abs(f - TONE_HZ) <= 5 for f in freqs) / len(freqs) >= 0.95
+        answers = {_fingerprint(c.pc.remoteDescription.sdp) for c in clients}
+        offers = {_fingerprint(c.pc.localDescription.sdp) for c in clients}
+        assert len(answers) == 1 and len(offers) == 2 and not answers & offers
+        for client in clients:
+            await client.pc.close()
+
+
 async def test_registry_and_heartbeat(transceiver: Transceiver, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     key = str(transceiver.config.transceiver_id).encode()

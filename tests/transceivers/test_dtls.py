@@ -15,7 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL
 
 from transceivers import aiortc_hook
-from transceivers.dtls import InteropCertificate, describe_alert
+from transceivers.dtls import (
+    CertificateKeeper,
+    InteropCertificate,
+    SharedCertificate,
+    describe_alert,
+)
 
 
 def _rsa_server(ciphers: bytes = b"DEFAULT") -> SSL.Connection:
@@ -102,4 +107,66 @@ def test_describe_alert() -> None:
 
 def test_install_gives_new_peers_the_interop_certificate() -> None:
     aiortc_hook.install()
-    assert aiortc.rtcpeerconnection.RTCCertificate is InteropCertificate
+    assert aiortc.rtcpeerconnection.RTCCertificate is aiortc_hook.SessionCertificate
+    made = aiortc.rtcpeerconnection.RTCCertificate.generateCertificate()
+    assert type(made) is InteropCertificate  # outside certificates_from: one of its own
+
+
+def test_a_keeper_hands_out_one_certificate_until_it_is_a_day_old() -> None:
+    keeper = CertificateKeeper(rotate_after=100.0)
+    first = keeper.current(now=1000.0)
+    assert isinstance(first, SharedCertificate)
+    assert keeper.current(now=1099.9) is first
+    second = keeper.current(now=1100.0)
+    assert second is not first
+    assert second.getFingerprints() != first.getFingerprints()
+    assert keeper.current(now=1150.0) is second  # counted from the new one's making
+
+
+def test_peers_made_inside_certificates_from_share_the_keepers_certificate() -> None:
+    aiortc_hook.install()
+    keeper = CertificateKeeper()
+    with aiortc_hook.certificates_from(keeper):
+        one = aiortc.rtcpeerconnection.RTCCertificate.generateCertificate()
+        two = aiortc.rtcpeerconnection.RTCCertificate.generateCertificate()
+        with aiortc_hook.certificates_from(None):
+            own = aiortc.rtcpeerconnection.RTCCertificate.generateCertificate()
+    after = aiortc.rtcpeerconnection.RTCCertificate.generateCertificate()
+    assert one is two is keeper.current(now=0.0)
+    assert own is not one and after is not one
+    assert type(own) is InteropCertificate and type(after) is InteropCertificate
+
+
+def test_a_shared_certificate_builds_one_context_per_profile_list_without_a_session_cache() -> None:
+    shared = SharedCertificate.generateCertificate()
+    both, one = list(SRTP_PROFILES), list(SRTP_PROFILES[:1])
+    ctx = shared._create_ssl_context(srtp_profiles=both)
+    assert shared._create_ssl_context(srtp_profiles=both) is ctx
+    assert shared._create_ssl_context(srtp_profiles=one) is not ctx
+    assert ctx.get_session_cache_mode() == SSL.SESS_CACHE_OFF  # no call resumes another's
+    # the fingerprints, computed once, are what aiortc computes for the same certificate
+    stock = RTCCertificate(key=shared._key, cert=shared._cert).getFingerprints()
+    assert shared.getFingerprints() == stock
+    shared.getFingerprints().clear()  # a caller's list is its own
+    assert shared.getFingerprints() == stock
+
+
+def test_two_handshakes_on_one_shared_context_each_get_their_own_keys() -> None:
+    """Two DTLS sessions off one context, the second client offering the first one's session
+    to resume: both complete full handshakes, each with its own master secret (so its own SRTP
+    keys). (aiortc's context sets no session id context, so OpenSSL would not resume even with
+    the cache on; the cache is off all the same, asserted above.)"""
+    shared = SharedCertificate.generateCertificate()
+    peer = RTCCertificate.generateCertificate()._create_ssl_context(list(SRTP_PROFILES))
+    masters, offered = [], None
+    for _ in range(2):
+        server = SSL.Connection(shared._create_ssl_context(srtp_profiles=list(SRTP_PROFILES)))
+        server.set_accept_state()
+        client = SSL.Connection(peer)
+        client.set_connect_state()
+        if offered is not None:
+            client.set_session(offered)
+        _handshake(client, server)
+        masters.append(server.master_key())
+        offered = client.get_session()
+    assert masters[0] != masters[1]

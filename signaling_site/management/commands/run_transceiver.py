@@ -74,6 +74,7 @@ class Command(BaseCommand):
             drain_grace=settings.DRAIN_GRACE,
             admin=options["admin"], advertise=advertise,
             dtls_retransmit=settings.DTLS_RETRANSMIT_INITIAL,
+            shared_certificate=settings.TRANSCEIVER_SHARED_CERTIFICATE,
         )
         logging.config.dictConfig(settings.LOGGING)
         if options["transceiver_id"] is None:
