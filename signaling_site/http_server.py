@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 
 from calls.problems import PROBLEM_TYPE, problem_body
+from fleet.startup import freeze_startup_objects
 
 logger = logging.getLogger(__name__)
 reactor: Any = twisted_reactor  # the module stands in for the reactor; its stub types poorly
@@ -220,6 +221,15 @@ class LimitedServer(Server):  # type: ignore[misc]
     def http_factory(self, daphne_factory: Any) -> None:
         limits = limits_from_settings()
         self._factory = GuardFactory(LimitedHTTPFactory(self, limits), limits)
+
+    def run(self) -> None:
+        """Import every view (Django resolves its URL patterns lazily, on the first request),
+        take what starting made out of the collector's walks (``fleet.startup``), serve."""
+        from django.urls import get_resolver
+
+        get_resolver().url_patterns  # noqa: B018  # the import is the point
+        freeze_startup_objects()
+        super().run()
 
 
 class LimitedCommandLine(CommandLineInterface):  # type: ignore[misc]

@@ -170,15 +170,13 @@ async def _pipelined(fill: Callable[[Any], object]) -> list[Any]:
 
 async def send(transceiver_id: int, message: dict[str, Any]) -> None:
     """Queue ``message`` for the transceiver, tried once more after a dropped connection;
-    ``ControlError`` when its queue is full or Redis stays away."""
-    key, payload = control_queue_key(transceiver_id), json.dumps(message)
-
+    ``ControlError`` (and nothing queued) when its queue is full or Redis stays away."""
     def push(pipe: Any) -> None:
-        pipe.lpush(key, payload)
-        pipe.expire(key, QUEUE_TTL)
+        pipe.eval(_PUSH, 1, control_queue_key(transceiver_id), json.dumps(message), QUEUE_TTL,
+                  QUEUE_CAPACITY)
 
-    length, _ = await _pipelined(push)
-    if int(length) > QUEUE_CAPACITY:
+    (queued,) = await _pipelined(push)
+    if int(queued) < 0:
         raise ControlError("full", "control queue full")
 
 
@@ -190,15 +188,18 @@ async def reply(client: aioredis.Redis, reply_key: str, message: dict[str, Any])
         await pipe.execute()
 
 
-# Queue a request unless the queue is full, in which case the refusal goes to the request's own
-# reply list: the caller's blocking pop, pipelined behind this in the same round trip, gets
-# either the transceiver's reply or that refusal. KEYS: queue, reply list; ARGV: request, queue
-# TTL, capacity, refusal, reply TTL.
-_PUSH_REQUEST = """
+# The one rule for a full queue: a message is queued unless ``QUEUE_CAPACITY`` wait already, in
+# which case nothing is queued and -1 comes back; a request's refusal also goes to its own reply
+# list (a second key), so the caller's blocking pop, pipelined behind this in the same round
+# trip, gets either the transceiver's reply or that refusal. KEYS: queue[, reply list]; ARGV:
+# message, queue TTL, capacity[, refusal, reply TTL].
+_PUSH = """
 local queued = redis.call('LLEN', KEYS[1])
 if queued >= tonumber(ARGV[3]) then
-  redis.call('LPUSH', KEYS[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  if KEYS[2] then
+    redis.call('LPUSH', KEYS[2], ARGV[4])
+    redis.call('EXPIRE', KEYS[2], ARGV[5])
+  end
   return -1
 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
@@ -217,7 +218,7 @@ async def _request(transceiver_id: int, message: dict[str, Any], timeout: float)
     queue_key = control_queue_key(transceiver_id)
 
     def push_and_wait(pipe: Any) -> None:
-        pipe.eval(_PUSH_REQUEST, 2, queue_key, reply_key, json.dumps(message),
+        pipe.eval(_PUSH, 2, queue_key, reply_key, json.dumps(message),
                   QUEUE_TTL, QUEUE_CAPACITY, _FULL, REPLY_TTL)
         pipe.brpop([reply_key], timeout=timeout)
 

@@ -152,12 +152,16 @@ async def test_garbage_on_the_control_queue_is_dropped(transceiver: Transceiver,
 
 async def test_a_full_control_queue_refuses_at_once(redis_url: str) -> None:
     """A transceiver that stopped popping: once its queue holds QUEUE_CAPACITY requests, the
-    next is refused ``full`` instead of waiting for a timeout; the queue expires by itself."""
+    next message (a close: no reply) is refused ``full`` and not queued, as a request is
+    (below); the queue expires by itself."""
     client = redis.Redis.from_url(redis_url)
     key = control_queue_key(999_998)
-    client.lpush(key, *[b"{}"] * control.QUEUE_CAPACITY)
+    client.lpush(key, *[b"{}"] * (control.QUEUE_CAPACITY - 1))
+    await control.request_close(transceiver_id=999_998, session_id=str(uuid.uuid4()))
+    assert client.llen(key) == control.QUEUE_CAPACITY  # the last place taken
     with pytest.raises(control.ControlError, match="full"):
         await control.request_close(transceiver_id=999_998, session_id=str(uuid.uuid4()))
+    assert client.llen(key) == control.QUEUE_CAPACITY
     assert 0 < client.ttl(key) <= control.QUEUE_TTL
     client.delete(key)
     client.close()

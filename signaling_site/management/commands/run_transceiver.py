@@ -19,6 +19,7 @@ from django.utils.module_loading import import_string
 from calls.reporting import SessionRowReporter
 from fleet.addresses import addr_argument, is_wildcard
 from fleet.nodes import NodeKind, transceiver_id_of_pod
+from fleet.startup import freeze_startup_objects
 from geo.models import Region
 from geo.selectors import region_by_code
 from health.services import node_resume_after_drain
@@ -81,6 +82,7 @@ class Command(BaseCommand):
             # a StatefulSet pod replacing one drained by its preStop hook: the drain was the
             # old pod's, so this one takes sessions (an operator's pending drain stands)
             node_resume_after_drain(kind=NodeKind.TRANSCEIVER, node_id=config.transceiver_id)
+        freeze_startup_objects()
         asyncio.run(serve(config, reporter=SessionRowReporter(), agent_factory=agent_factory))
 
 
