@@ -214,11 +214,12 @@ def session_create_within_capacity(
 
     One transaction of two statements: the transceiver's row lock (PostgreSQL ``SELECT ... FOR
     UPDATE``; SQLite's IMMEDIATE transactions already serialize writers), then one insert that
-    counts the live and pending sessions and writes the row only below both caps, so concurrent
-    signaling replicas cannot overfill it. The count cannot join the lock's statement: under
-    READ COMMITTED a statement sees what was committed when it began, and one that waited for
-    the lock would miss the session its predecessor inserted. On PostgreSQL (outside an
-    enclosing transaction) the four statements go in one round trip (``_create_pipelined``)."""
+    counts the live and pending sessions and writes the row only below both caps (``_caps``),
+    so concurrent signaling replicas cannot overfill it. The count cannot join the lock's
+    statement: under READ COMMITTED a statement sees what was committed when it began, and one
+    that waited for the lock would miss the session its predecessor inserted. On PostgreSQL
+    (outside an enclosing transaction) the four statements go in one round trip
+    (``_create_pipelined``)."""
     for _ in range(UFRAG_ATTEMPTS):
         session = _new_session(placement, client_ip=client_ip, client_key=client_key,
                                owner=owner)
@@ -236,33 +237,39 @@ def session_create_within_capacity(
     raise RuntimeError("could not mint a unique ufrag")
 
 
+def _caps(session: Session) -> tuple[int, int]:
+    """The live and pending caps of ``session``'s transceiver: its capacity as placement read
+    it moments ago and ``pending_cap``'s rule (the one rule, as ``region_capacity`` applies it).
+    A capacity changed in between applies from the next offer on; the row lock is what keeps
+    concurrent creators from overfilling it, not a fresher read."""
+    capacity = session.transceiver.capacity
+    return capacity, pending_cap(capacity)
+
+
 def _create_locked(session: Session) -> bool:
-    """Lock the transceiver's row, read its capacity, insert below the caps (a transaction, or a
-    savepoint in an enclosing one); True when the row was written."""
+    """Lock the transceiver's row, insert below its caps (a transaction, or a savepoint in an
+    enclosing one); True when the row was written (``DoesNotExist``: no such transceiver)."""
+    live_cap, pending = _caps(session)
     with transaction.atomic():
-        capacity = (Transceiver.objects.select_for_update()
-                    .values_list("capacity", flat=True)
-                    .get(pk=session.transceiver_id))
-        return session_insert_below_caps(session, live_cap=capacity,
-                                         pending_cap=pending_cap(capacity))
+        Transceiver.objects.select_for_update().values_list("pk").get(pk=session.transceiver_id)
+        return session_insert_below_caps(session, live_cap=live_cap, pending_cap=pending)
 
 
 def _create_pipelined(session: Session) -> bool:
     """PostgreSQL: ``BEGIN``, the row lock, the capped insert and ``COMMIT`` sent at once in
     psycopg's pipeline mode, one round trip where a transaction costs four. The server still
     runs them in order, and the insert's snapshot is taken when it starts, after the lock was
-    granted: it sees the row a predecessor committed. The caps come from the locked row in the
-    insert itself (``pending_cap``'s rule in SQL), as the plain path reads them under its lock.
-    True when the row was written; ``IntegrityError`` on a ufrag collision (rolled back)."""
+    granted: it sees the row a predecessor committed. The caps are the plain path's
+    (``_caps``); the insert selects from the transceiver's row, so none is written when that row
+    is gone. True when the row was written; ``IntegrityError`` on a ufrag collision (rolled
+    back)."""
     meta, quote = Transceiver._meta, connection.ops.quote_name
     table, pk = quote(meta.db_table), quote(str(meta.pk.column))  # type: ignore[union-attr]
-    share = float(settings.TRANSCEIVER_PENDING_SHARE)
-    capacity = f"{table}.{quote('capacity')}"
+    live_cap, pending = _caps(session)
     sql, params = _insert_below_caps_sql(
         session, source=f" FROM {table}", guard=f"{table}.{pk} = %s AND ",
-        guard_params=[session.transceiver_id], live_cap=capacity, live_params=[],
-        pending_cap=f"GREATEST(1, FLOOR({capacity} * CAST(%s AS double precision)))",
-        pending_params=[share],
+        guard_params=[session.transceiver_id], live_cap="%s", live_params=[live_cap],
+        pending_cap="%s", pending_params=[pending],
     )
     connection.ensure_connection()
     raw = connection.connection  # autocommit (no enclosing atomic): BEGIN / COMMIT are ours
