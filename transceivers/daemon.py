@@ -218,6 +218,7 @@ class Transceiver:
             packets_in=mux.received if mux else 0, packets_out=mux.sent if mux else 0,
             send_errors=mux.send_errors if mux else 0,
             drops={r.value: mux.table.drops[r] if mux else 0 for r in MuxDropReason},
+            lean_in=lean_rtp.taken,
             audio={sid: loss for sid, loss in self._audio.latest.items() if sid in live},
         )
 

@@ -68,6 +68,7 @@ class TransceiverSnapshot:
     packets_out: int
     send_errors: int
     drops: Mapping[str, int]
+    lean_in: int = 0  # of packets_in, those the lean path took (transceivers.lean_rtp)
     audio: Mapping[str, Mapping[str, AudioLoss]] = field(default_factory=dict)  # session -> dir
 
 
@@ -89,6 +90,11 @@ def transceiver_families(snap: TransceiverSnapshot) -> list[Metric]:
         "relays)", labels=("transceiver", "direction"))
     packets.add_metric([*tid, "in"], snap.packets_in)
     packets.add_metric([*tid, "out"], snap.packets_out)
+    lean = CounterMetricFamily(
+        "edge_transceiver_lean_packets", "Received media datagrams of established sessions "
+        "handled in the socket's read callback (transceivers.lean_rtp), of packets in; the "
+        "rest take aiortc's reader task", labels=("transceiver",))
+    lean.add_metric(tid, snap.lean_in)
     errors = CounterMetricFamily("edge_transceiver_send_errors", "Datagrams the socket refused",
                                  labels=("transceiver",))
     errors.add_metric(tid, snap.send_errors)
@@ -96,7 +102,8 @@ def transceiver_families(snap: TransceiverSnapshot) -> list[Metric]:
                                 "reason", labels=("transceiver", "reason"))
     for reason, count in sorted(snap.drops.items()):
         drops.add_metric([*tid, reason], count)
-    return [sessions, capacity, draining, packets, errors, drops, *_audio_families(snap)]
+    return [sessions, capacity, draining, packets, lean, errors, drops,
+            *_audio_families(snap)]
 
 
 def _audio_families(snap: TransceiverSnapshot) -> list[Metric]:

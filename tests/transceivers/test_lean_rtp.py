@@ -125,7 +125,7 @@ async def test_echo_call_on_either_path_survives_forged_srtp(
     try:
         async with make_transceiver(make_config(redis_url)) as transceiver, \
                 Framer(transceiver.address) as framer:
-            before = lean_rtp.handled
+            before = lean_rtp.taken
             session_id = await open_session(transceiver.config.transceiver_id, framer, client)
             await client.wait_connected()
             assert client.echo is not None
@@ -149,9 +149,9 @@ async def test_echo_call_on_either_path_survives_forged_srtp(
             sinks = [getattr(p, "media_sink", None) for p in dtls.transport._connection._protocols]
             direct = getattr(dtls.transport._send, "__qualname__", "").startswith("direct_send")
             if lean == "1":
-                assert all(sinks) and lean_rtp.handled - before >= 100 + 200 and direct
+                assert all(sinks) and lean_rtp.taken - before >= 100 + 200 and direct
             else:
-                assert not any(sinks) and lean_rtp.handled == before and not direct
+                assert not any(sinks) and lean_rtp.taken == before and not direct
             if audio == "1":
                 assert sum(taken) >= 100 and session.pc.getSenders()[0] in lean_senders
             else:

@@ -14,6 +14,7 @@ from fleet.addresses import Addr
 from fleet.metrics import exposition
 from tests.fleet.test_admin_http import get
 from tests.transceivers.conftest import Client, Framer, make_config, make_transceiver, open_session
+from transceivers import lean_rtp
 from transceivers.metrics import (
     AudioLoss,
     TransceiverCollector,
@@ -128,6 +129,9 @@ async def test_a_session_is_counted_timed_and_its_loss_series_go_with_it(redis_u
                             labels(transceiver=tid))] < 5
             assert got[("edge_transceiver_packets_total", labels(transceiver=tid,
                                                                  direction="in"))] > 60
+            if lean_rtp.active():  # the established call's packets took the lean path
+                assert got[("edge_transceiver_lean_packets_total",
+                            labels(transceiver=tid))] > 40
             key = labels(transceiver=tid, session=session_id, direction="in")
             assert got[("edge_transceiver_session_audio_packets_lost", key)] >= 3
             assert 0.05 < got[("edge_transceiver_session_audio_loss_ratio", key)] < 0.2
