@@ -14,12 +14,18 @@ for objects created at startup and Instagram did for its Django workers.
 from __future__ import annotations
 
 import gc
+import logging
+
+logger = logging.getLogger(__name__)
 
 
 def freeze_startup_objects() -> int:
     """Collect what starting left as garbage, then exempt every object alive now from future
     collections; the number of objects frozen. Call once, when the process has finished
-    starting (imports done, configuration read) and before it serves."""
+    starting (imports done, configuration read) and before it serves or forks workers (they
+    then share the frozen objects' pages: collections in them never write to those)."""
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
+    frozen = gc.get_freeze_count()
+    logger.info("froze %d startup objects", frozen)
+    return frozen

@@ -37,7 +37,6 @@ from fleet.sockets import (
     receive_time,
     source_ancillary,
 )
-from fleet.startup import freeze_startup_objects
 from relays.actions import AnswerHealth, Drop, DropReason, Forward, Local, Lookup, SendToClient
 from relays.config import RelayConfig
 from relays.demux import Demux
@@ -451,7 +450,6 @@ class Relay:
 
 def run(config: RelayConfig) -> None:
     """Serve on uvloop: the same drain loop, cheaper wakeups (bench: -7 us per traversal)."""
-    freeze_startup_objects()
     uvloop.run(serve(config))
 
 

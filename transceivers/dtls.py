@@ -87,15 +87,17 @@ class InteropCertificate(RTCCertificate):
 # -- One certificate per process ----------------------------------------------------------------
 #
 # aiortc makes a certificate for every peer connection (an ECDSA P-256 key and a signed X.509:
-# ~95 us here), hashes it for the answer's fingerprint (~30 us) and builds an OpenSSL context
-# for it when DTLS starts (~250 us, right after the answer, competing with the reply). A server
+# ~95 us here) and hashes it for the answer's fingerprints (three digests, ~30 us, twice per
+# answer), both on the answer's path, and builds an OpenSSL context for it when DTLS starts
+# (~250 us, once ICE has connected, on the loop every call of the process shares). A server
 # needs none of that per call: its certificate is its identity, and SFUs keep one per process
 # (mediasoup per worker, Janus per process). WebRTC authenticates each DTLS handshake by the
-# fingerprint in that call's signed-off SDP (RFC 8122 §5, RFC 8827 §6.5), not by a fresh key.
+# fingerprint in that call's SDP (RFC 8122 §5, RFC 8827 §6.5), not by a fresh key.
 # The context's session cache is off, so no handshake of one call can resume another's.
 
-ROTATE_AFTER = 24 * 3600.0  # s: a new certificate for sessions opened after this (aiortc's are
-# valid for 30 days; a transceiver may run longer)
+# aiortc's certificates are valid for 30 days and a transceiver may run longer: sessions opened
+# once the certificate is this old (s) get a new one
+ROTATE_AFTER = 24 * 3600.0
 
 
 class SharedCertificate(InteropCertificate):

@@ -93,7 +93,8 @@ def transceiver_families(snap: TransceiverSnapshot) -> list[Metric]:
     lean = CounterMetricFamily(
         "edge_transceiver_lean_packets", "Received media datagrams of established sessions "
         "handled in the socket's read callback (transceivers.lean_rtp), of packets in; the "
-        "rest take aiortc's reader task", labels=("transceiver",))
+        "rest take aiortc's reader task (counted per process: one transceiver per process)",
+        labels=("transceiver",))
     lean.add_metric(tid, snap.lean_in)
     errors = CounterMetricFamily("edge_transceiver_send_errors", "Datagrams the socket refused",
                                  labels=("transceiver",))

@@ -79,7 +79,7 @@ def test_run_relay_refuses_port_zero_with_workers(project_env: dict[str, str]) -
 
 
 def test_run_relay_two_workers_forward_and_stop_on_sigterm(
-    project_env: dict[str, str], redis_client: redis.Redis
+    project_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     public, internal = _free_udp_port(), _free_udp_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as xcvr, \
@@ -92,7 +92,7 @@ def test_run_relay_two_workers_forward_and_stop_on_sigterm(
         proc = subprocess.Popen(
             [sys.executable, str(MANAGE), "run_relay", "--shard", "5", "--workers", "2",
              "--public", f"127.0.0.1:{public}", "--internal", f"127.0.0.1:{internal}"],
-            env=project_env,
+            env=project_env, stderr=(tmp_path / "relay.log").open("wb"),
         )
         try:
             deadline = time.monotonic() + 30
@@ -113,6 +113,8 @@ def test_run_relay_two_workers_forward_and_stop_on_sigterm(
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) == 0
+    # once, in the parent, before the workers forked (fleet.startup)
+    assert (tmp_path / "relay.log").read_text(errors="replace").count("froze") == 1
 
 
 def test_run_relay_drops_what_queued_while_it_was_frozen(

@@ -22,6 +22,7 @@ from django.db import connections
 
 from fleet.addresses import Addr, addr_argument, format_addr, is_wildcard
 from fleet.sockets import bind_udp
+from fleet.startup import freeze_startup_objects
 from geo.models import Region
 from relays.daemon import RelayConfig, run
 from relays.demux import DEFAULT_MAX_QUEUE_AGE
@@ -111,6 +112,7 @@ class Command(BaseCommand):
             tcp=tcp,
         )
         logging.config.dictConfig(settings.LOGGING)
+        freeze_startup_objects()  # before the workers fork: they share the frozen pages
         if workers == 1:
             run(config)
         else:
