@@ -154,7 +154,7 @@ def test_run_relay_drops_what_queued_while_it_was_frozen(
 
 
 def _establish(proc: subprocess.Popen[bytes], xcvr: socket.socket, client: socket.socket,
-               public: int, redis_client: redis.Redis) -> None:
+               public: int, redis_client: redis.Redis, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + 30
     while not redis_client.exists(keys.relay_heartbeat_key(5, 0)):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -163,7 +163,7 @@ def _establish(proc: subprocess.Popen[bytes], xcvr: socket.socket, client: socke
     request, frame = binding_request(shard=5, key=b"run-relay-test-key"), b""
     while not frame:  # the relay may still be loading the registry
         assert time.monotonic() < deadline
-        client.sendto(request, ("127.0.0.1", public))
+        client.sendto(request, (host, public))
         with contextlib.suppress(TimeoutError):
             frame = xcvr.recv(65535)
     _drain(xcvr)
@@ -272,6 +272,44 @@ def test_run_relay_bound_to_wildcard_advertises_and_forwards_both_ways(
             )
             assert row.stdout.split()[-5:] == ["127.0.0.1", str(public), "127.0.0.1",
                                                str(internal), "443"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+
+
+def test_run_relay_bound_to_the_ipv6_wildcard_forwards_ipv6_callers_both_ways(
+    project_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """Bound to ``[::]`` (an IPv6-only host's wildcard) and advertising ``[::1]``: the heartbeat
+    names the IPv6 addresses, a caller's packet from ``::1`` reaches the transceiver framed
+    with its IPv6 address, and the transceiver's frame back reaches the caller."""
+    public, internal = _free_udp_port(), _free_udp_port()
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as xcvr, \
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as client:
+        xcvr.bind(("::1", 0))
+        client.bind(("::1", 0))
+        client.settimeout(5)
+        redis_client.hset(keys.TRANSCEIVERS_KEY, "3",
+                          addresses.format_addr(xcvr.getsockname()[:2]))
+        proc = subprocess.Popen(
+            [sys.executable, str(MANAGE), "run_relay", "--shard", "5",
+             "--public", f"[::]:{public}", "--advertise", f"[::1]:{public}",
+             "--internal", f"[::]:{internal}", "--internal-advertise", f"[::1]:{internal}"],
+            env=project_env,
+        )
+        try:
+            _establish(proc, xcvr, client, public, redis_client, host="::1")
+            beat = heartbeats.RelayHeartbeat.from_json(
+                redis_client.get(keys.relay_heartbeat_key(5, 0)) or b""
+            )
+            assert addresses.parse_addr(beat.public) == ("::1", public)
+            assert addresses.parse_addr(beat.internal) == ("::1", internal)
+            caller = client.getsockname()[:2]
+            client.sendto(b"\x80hello", ("::1", public))  # RTP from the learned address
+            xcvr.settimeout(5)
+            assert parse_header(xcvr.recv(65535))[0] == caller
+            xcvr.sendto(pack_header(caller) + b"\x80reply", ("::1", internal))
+            assert client.recv(65535) == b"\x80reply"
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) == 0
