@@ -43,6 +43,16 @@ def _rsa_server(ciphers: bytes = b"DEFAULT") -> SSL.Connection:
     return server
 
 
+def _exchange(client: SSL.Connection, server: SSL.Connection) -> None:
+    """Hand each side the datagrams the other has written (memory BIOs: no sockets)."""
+    for src, dst in ((client, server), (server, client)):
+        try:
+            while True:
+                dst.bio_write(src.bio_read(65536))
+        except SSL.WantReadError:
+            pass
+
+
 def _handshake(client: SSL.Connection, server: SSL.Connection) -> None:
     """Pump flights between the two until both finish; ``SSL.Error`` once a side gave up and
     its alert has reached the other."""
@@ -57,12 +67,7 @@ def _handshake(client: SSL.Connection, server: SSL.Connection) -> None:
                 if failed is not None:
                     raise
                 failed = exc
-        for src, dst in ((client, server), (server, client)):
-            try:
-                while True:
-                    dst.bio_write(src.bio_read(65536))
-            except SSL.WantReadError:
-                pass
+        _exchange(client, server)
         if failed is None and client.get_cipher_name() and server.get_cipher_name():
             client.do_handshake()
             server.do_handshake()
@@ -172,12 +177,7 @@ def test_two_handshakes_interleaved_on_one_shared_context_each_get_their_own_key
                     side.do_handshake()
                 except SSL.WantReadError:
                     pass
-            for src, dst in ((client, server), (server, client)):
-                try:
-                    while True:
-                        dst.bio_write(src.bio_read(65536))
-                except SSL.WantReadError:
-                    pass
+            _exchange(client, server)
             finished = (server.get_peer_finished(), client.get_peer_finished())
             done[i] = None not in finished
         if all(done):
