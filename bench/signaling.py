@@ -285,6 +285,15 @@ def paired_middleware(edge_env: dict[str, str], offers: list[str], count: int
     return times
 
 
+def paired_row(name: str, values: list[float], baseline: list[float], note: str) -> Row:
+    """An A/B row in ms: the p50 of ``values`` beside the p50 of ``baseline`` (measured round by
+    round, alternating), the note ending with the median of the per-round differences."""
+    p50, base50 = percentile(values, 50), percentile(baseline, 50)
+    paired = median([a - b for a, b in zip(values, baseline, strict=True)])
+    return Row(name, p50, "ms", baseline=base50, ratio=p50 / base50,
+               note=f"{note}; paired (median of per-round differences): {paired:+.2f} ms")
+
+
 def _django(edge_env: dict[str, str]) -> None:
     """Point this process's Django at the edge's Redis and DB (settings read the env once)."""
     os.environ.update({k: v for k, v in edge_env.items()
@@ -358,15 +367,8 @@ def run(quick: bool) -> list[Row]:
     steps = view_steps(count // 2)
     p50, p99 = percentile(times, 50), percentile(times, 99)
     d50, d99 = percentile(direct_times, 50), percentile(direct_times, 99)
-    inline50, stock50 = percentile(pairs["inline"], 50), percentile(pairs["stock"], 50)
-    paired = median([a - b for a, b in zip(pairs["inline"], pairs["stock"], strict=True)])
     cert_answer = {name: [a for a, _ in runs] for name, runs in certs.items()}
     cert_cpu = {name: [c for _, c in runs] for name, runs in certs.items()}
-    cert_paired = {
-        "answer": median([a - b for a, b in zip(cert_answer["shared"], cert_answer["own"],
-                                                strict=True)]),
-        "cpu": median([a - b for a, b in zip(cert_cpu["shared"], cert_cpu["own"], strict=True)]),
-    }
     return [
         Row("signaling: offer -> answer p50", p50, "ms", baseline=d50, ratio=p50 / d50,
             note=f"POST /v1/sessions on {database}, real aiortc offers, n={count}; baseline: "
@@ -378,24 +380,17 @@ def run(quick: bool) -> list[Row]:
         Row("signaling: added over direct p99", p99 - d99, "ms",
             target=f"<= {TARGET_ADDED_P99_MS:g} ms", met=p99 - d99 <= TARGET_ADDED_P99_MS,
             note="p99 of the edge less p99 of the direct path, same run"),
-        Row("signaling A/B: offer -> answer p50, inline middleware", inline50, "ms",
-            baseline=stock50, ratio=inline50 / stock50,
-            note=f"two extra signaling processes, {count} alternating offers each; baseline: "
-                 f"Django's stock middleware (INLINE_MIDDLEWARE=0); paired (median of per-round "
-                 f"differences): {paired:+.2f} ms"),
-        Row("signaling A/B: transceiver answer p50, shared certificate",
-            percentile(cert_answer["shared"], 50), "ms",
-            baseline=percentile(cert_answer["own"], 50),
-            ratio=percentile(cert_answer["shared"], 50) / percentile(cert_answer["own"], 50),
-            note=f"in-process, {count // 2} alternating offers each; baseline: a certificate "
-                 "per session (TRANSCEIVER_SHARED_CERTIFICATE=0); paired (median of per-round "
-                 f"differences): {cert_paired['answer']:+.2f} ms"),
-        Row("signaling A/B: transceiver CPU per session, shared certificate",
-            percentile(cert_cpu["shared"], 50), "ms", baseline=percentile(cert_cpu["own"], 50),
-            ratio=percentile(cert_cpu["shared"], 50) / percentile(cert_cpu["own"], 50),
-            note="the same sessions: CPU of the answer, the close and what aiortc runs after "
-                 "it (its DTLS start builds an OpenSSL context); paired: "
-                 f"{cert_paired['cpu']:+.2f} ms"),
+        paired_row("signaling A/B: offer -> answer p50, inline middleware", pairs["inline"],
+                   pairs["stock"], f"two extra signaling processes, {count} alternating offers "
+                   "each; baseline: Django's stock middleware (INLINE_MIDDLEWARE=0)"),
+        paired_row("signaling A/B: transceiver answer p50, shared certificate",
+                   cert_answer["shared"], cert_answer["own"],
+                   f"in-process, {count // 2} alternating offers each; baseline: a certificate "
+                   "per session (TRANSCEIVER_SHARED_CERTIFICATE=0)"),
+        paired_row("signaling A/B: transceiver CPU per session, shared certificate",
+                   cert_cpu["shared"], cert_cpu["own"],
+                   "the same sessions: CPU of the answer, the close and what aiortc runs after "
+                   "it (its DTLS start builds an OpenSSL context)"),
         Row("signaling: view's sync steps p50 (sum)", sum(steps.values()), "ms",
             note=", ".join(f"{k} {v:.1f}" for k, v in steps.items())
             + " ms; one thread hop; measured after the sustained-rate steps"),
