@@ -268,8 +268,7 @@ def _create_pipelined(session: Session) -> bool:
     live_cap, pending = _caps(session)
     sql, params = _insert_below_caps_sql(
         session, source=f" FROM {table}", guard=f"{table}.{pk} = %s AND ",
-        guard_params=[session.transceiver_id], live_cap="%s", live_params=[live_cap],
-        pending_cap="%s", pending_params=[pending],
+        guard_params=[session.transceiver_id], live_cap=live_cap, pending_cap=pending,
     )
     connection.ensure_connection()
     raw = connection.connection  # autocommit (no enclosing atomic): BEGIN / COMMIT are ours
@@ -293,38 +292,34 @@ def session_insert_below_caps(session: Session, *, live_cap: int, pending_cap: i
     """Insert ``session`` (unsaved) only while its transceiver holds fewer than ``live_cap``
     live and ``pending_cap`` unconnected sessions (``region_capacity``'s rule), in
     one ``INSERT ... SELECT ... WHERE`` statement; True when the row was written."""
-    sql, params = _insert_below_caps_sql(session, live_cap="%s", pending_cap="%s",
-                                         live_params=[live_cap], pending_params=[pending_cap])
+    sql, params = _insert_below_caps_sql(session, live_cap=live_cap, pending_cap=pending_cap)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount == 1
 
 
 def _insert_below_caps_sql(
-    session: Session, *, live_cap: str, pending_cap: str, live_params: list[Any],
-    pending_params: list[Any], source: str = "", guard: str = "",
+    session: Session, *, live_cap: int, pending_cap: int, source: str = "", guard: str = "",
     guard_params: list[Any] | None = None,
 ) -> tuple[str, list[Any]]:
     """``INSERT ... SELECT <session's values> <source> WHERE <guard> live < <live_cap> AND
-    pending < <pending_cap>`` and its parameters (``guard_params`` fill the guard's ``%s``,
-    ``live_params`` and ``pending_params`` the caps'). The ORM has no conditional insert,
-    hence the SQL; the column values still go through each field."""
+    pending < <pending_cap>`` and its parameters (``guard_params`` fill the guard's ``%s``).
+    The ORM has no conditional insert, hence the SQL; the column values still go through each
+    field."""
     meta = Session._meta
     values = [f.get_db_prep_save(f.pre_save(session, add=True), connection)
               for f in meta.concrete_fields]
     since = meta.get_field("created_at").get_db_prep_value(pending_since(), connection)
     live_states = [str(s) for s in LIVE_STATES]
     unconnected = [str(s) for s in UNCONNECTED_STATES]
-    sql = _insert_below_caps_text(connection.vendor, live_cap=live_cap, pending_cap=pending_cap,
-                                  source=source, guard=guard)
+    sql = _insert_below_caps_text(connection.vendor, source=source, guard=guard)
     params = [*values, *(guard_params or []), session.transceiver_id, *live_states,
-              *live_params, session.transceiver_id, *unconnected, since, *pending_params]
+              live_cap, session.transceiver_id, *unconnected, since, pending_cap]
     return sql, params
 
 
 @functools.lru_cache(maxsize=16)
-def _insert_below_caps_text(vendor: str, *, live_cap: str, pending_cap: str, source: str,
-                            guard: str) -> str:
+def _insert_below_caps_text(vendor: str, *, source: str, guard: str) -> str:
     """``_insert_below_caps_sql``'s statement, built once per database vendor and shape: its
     19 column types and names cost ~0.3 ms of Python per offer to spell out."""
     meta, ops = Session._meta, connection.ops
@@ -339,10 +334,10 @@ def _insert_below_caps_text(vendor: str, *, live_cap: str, pending_cap: str, sou
     return (
         f"INSERT INTO {table} ({', '.join(named.values())}) SELECT {select}{source} "
         f"WHERE {guard}(SELECT COUNT(*) FROM {table} WHERE {xcvr} = %s"
-        f" AND {state} IN ({_placeholders([str(s) for s in LIVE_STATES])})) < {live_cap}"
+        f" AND {state} IN ({_placeholders([str(s) for s in LIVE_STATES])})) < %s"
         f" AND (SELECT COUNT(*) FROM {table} WHERE {xcvr} = %s"
         f" AND {state} IN ({_placeholders([str(s) for s in UNCONNECTED_STATES])})"
-        f" AND {created} >= %s) < {pending_cap}"
+        f" AND {created} >= %s) < %s"
     )
 
 
