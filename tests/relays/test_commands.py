@@ -57,6 +57,23 @@ def _free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def _endpoints(redis_client: redis.Redis, host: str = "127.0.0.1", xcvr_buffer: int = 0
+               ) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A stand-in transceiver's UDP socket, registered in Redis as transceiver 3, and a
+    caller's, both bound on ``host`` (IPv4 or IPv6); ``xcvr_buffer``: its receive buffer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as xcvr, \
+            socket.socket(family, socket.SOCK_DGRAM) as client:
+        if xcvr_buffer:
+            xcvr.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, xcvr_buffer)
+        xcvr.bind((host, 0))
+        client.bind((host, 0))
+        redis_client.hset(keys.TRANSCEIVERS_KEY, "3",
+                          addresses.format_addr(xcvr.getsockname()[:2]))
+        yield xcvr, client
+
+
 @pytest.fixture
 def project_env(redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     """A throwaway var dir (SQLite, secrets) with migrations and the default region."""
@@ -82,13 +99,8 @@ def test_run_relay_two_workers_forward_and_stop_on_sigterm(
     project_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     public, internal = _free_udp_port(), _free_udp_port()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as xcvr, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-        xcvr.bind(("127.0.0.1", 0))
-        client.bind(("127.0.0.1", 0))
+    with _endpoints(redis_client) as (xcvr, client):
         xcvr.settimeout(0.2)
-        redis_client.hset(keys.TRANSCEIVERS_KEY, "3",
-                          addresses.format_addr(xcvr.getsockname()))
         proc = subprocess.Popen(
             [sys.executable, str(MANAGE), "run_relay", "--shard", "5", "--workers", "2",
              "--public", f"127.0.0.1:{public}", "--internal", f"127.0.0.1:{internal}"],
@@ -123,12 +135,7 @@ def test_run_relay_drops_what_queued_while_it_was_frozen(
     """SIGSTOP the relay 3 s while a caller keeps sending (100/s): after SIGCONT only the
     datagrams younger than max_queue_age (0.5 s) reach the transceiver, not 3 s in one burst."""
     public, internal = _free_udp_port(), _free_udp_port()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as xcvr, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-        xcvr.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)  # holds a full replay
-        xcvr.bind(("127.0.0.1", 0))
-        client.bind(("127.0.0.1", 0))
-        redis_client.hset(keys.TRANSCEIVERS_KEY, "3", addresses.format_addr(xcvr.getsockname()))
+    with _endpoints(redis_client, xcvr_buffer=1 << 21) as (xcvr, client):  # holds a full replay
         proc = subprocess.Popen(
             [sys.executable, str(MANAGE), "run_relay", "--shard", "5",
              "--public", f"127.0.0.1:{public}", "--internal", f"127.0.0.1:{internal}"],
@@ -239,12 +246,8 @@ def test_run_relay_bound_to_wildcard_advertises_and_forwards_both_ways(
     """Bound to 0.0.0.0, the relay publishes its ``--advertise`` addresses (heartbeat and DB row)
     and forwards a caller's packet to the transceiver and the transceiver's frame back."""
     public, internal = _free_udp_port(), _free_udp_port()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as xcvr, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-        xcvr.bind(("127.0.0.1", 0))
-        client.bind(("127.0.0.1", 0))
+    with _endpoints(redis_client) as (xcvr, client):
         client.settimeout(5)
-        redis_client.hset(keys.TRANSCEIVERS_KEY, "3", addresses.format_addr(xcvr.getsockname()))
         proc = subprocess.Popen(
             [sys.executable, str(MANAGE), "run_relay", "--shard", "5",
              "--public", f"0.0.0.0:{public}", "--advertise", f"127.0.0.1:{public}",
@@ -284,13 +287,8 @@ def test_run_relay_bound_to_the_ipv6_wildcard_forwards_ipv6_callers_both_ways(
     names the IPv6 addresses, a caller's packet from ``::1`` reaches the transceiver framed
     with its IPv6 address, and the transceiver's frame back reaches the caller."""
     public, internal = _free_udp_port(), _free_udp_port()
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as xcvr, \
-            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as client:
-        xcvr.bind(("::1", 0))
-        client.bind(("::1", 0))
+    with _endpoints(redis_client, "::1") as (xcvr, client):
         client.settimeout(5)
-        redis_client.hset(keys.TRANSCEIVERS_KEY, "3",
-                          addresses.format_addr(xcvr.getsockname()[:2]))
         proc = subprocess.Popen(
             [sys.executable, str(MANAGE), "run_relay", "--shard", "5",
              "--public", f"[::]:{public}", "--advertise", f"[::1]:{public}",
