@@ -72,10 +72,6 @@ def unpin(pid: int = 0) -> None:
         _set_affinity(pid, set(range(os.cpu_count() or 1)))
 
 
-def ratio(value: float, baseline: float) -> float | None:
-    return value / baseline if baseline else None
-
-
 def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
