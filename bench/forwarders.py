@@ -119,13 +119,21 @@ def turn_request(sock: socket.socket, method: stun.Method, **attributes: object)
     message = stun.Message(method, stun.Class.REQUEST)
     for name, value in attributes.items():
         message.attributes[name.replace("_", "-").upper()] = value
-    for _ in range(5):
+    for _ in range(10):
         sock.send(bytes(message))
-        with contextlib.suppress(TimeoutError):
+        try:
             reply = stun.parse_message(sock.recv(2048))
-            if reply.message_class != stun.Class.RESPONSE:
-                raise RuntimeError(f"TURN {method.name} failed: {reply.attributes}")
-            return reply
+        except TimeoutError:
+            continue
+        except ConnectionRefusedError:
+            # ICMP port unreachable: nothing had the port bound at that instant. Right after
+            # answering its first Binding, coturn 4.6.1 refused the next request in 7 of 300
+            # starts (its listener sockets being set up); UDP counts that as a lost datagram.
+            time.sleep(0.1)
+            continue
+        if reply.message_class != stun.Class.RESPONSE:
+            raise RuntimeError(f"TURN {method.name} failed: {reply.attributes}")
+        return reply
     raise RuntimeError(f"TURN {method.name}: no answer")
 
 
