@@ -47,6 +47,9 @@ def test_v6_text_matches_recvfrom_format() -> None:
     rng = random.Random(6)
     samples = [bytes(10) + b"\xff\xff" + rng.randbytes(4) for _ in range(50)]  # v4-mapped
     samples += [b"\x20\x01\x0d\xb8" + rng.randbytes(12) for _ in range(50)]
+    samples += [bytes(12) + rng.randbytes(4) for _ in range(20)]  # v4-compatible: ::1.2.3.4
+    samples += [bytes(8) + b"\xff\xff" + bytes(2) + rng.randbytes(4) for _ in range(20)]
+    samples += [bytes(16), bytes(15) + b"\x01", bytes(14) + b"\x01\x02", bytes(10) + b"\xff" * 6]
     for raw in samples:
         text = socket.inet_ntop(socket.AF_INET6, raw)
         header = framing.pack_header((text, 1))
