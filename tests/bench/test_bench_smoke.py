@@ -36,6 +36,19 @@ def test_flows_rows_are_well_formed() -> None:
     assert "flows: memory per flow @200" in table
 
 
+@pytest.mark.skipif(not flows.can_forge(), reason="needs root (raw socket) and the C fast path")
+def test_flows_fast_path_rows_forward_forged_datagrams() -> None:
+    """The C rows are fed from as many loopback clients as flows, and the fast path forwards
+    them (``fast_forward_ns`` raises when it forwarded fewer than half)."""
+    assert len(set(flows.loopback_clients(300))) == 300
+    rows = {row.name: row for row in flows.measure((200, 400), probes=500, rounds=1,
+                                                   packets=4000)}
+    small, large = (rows[f"flows: relay fast path forward @{n}"] for n in (200, 400))
+    assert 0 < small.value < 1e6 and 0 < large.value < 1e6
+    assert large.target and large.met is not None
+    assert not rows["flows: forward (get+sendmsg) @400"].target  # the target moved to C
+
+
 def test_relay_learning_request_carries_a_valid_ufrag() -> None:
     data = binding_request(40000)
     assert is_binding_request(data)
