@@ -141,7 +141,25 @@ def conditions() -> str:
         pass
     return (f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {cpu}; {os.cpu_count()} CPUs; "
             f"Linux {platform.release()}; Python {sys.version.split()[0]}; "
-            f"load avg {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
+            f"load avg {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}{guest_halt_poll()}")
+
+
+HALT_POLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+
+
+def guest_halt_poll() -> str:
+    """The halt-poll window of a VM guest running the haltpoll cpuidle driver, as the
+    conditions line's "; guest halt poll N us"; "" elsewhere.
+
+    It is how long an idle vCPU polls before it halts, i.e. exits to the hypervisor. At 0 every
+    wake-up of an idle core costs an exit and an interrupt from the host: on a Firecracker VM
+    that set it to 0 on its kernel command line, ~85 us per process hop in the relay's latency
+    rows against ~10 us at 1 ms (README, "Issue 15, fifth round")."""
+    try:
+        with open(HALT_POLL) as f:
+            return f"; guest halt poll {int(f.read()) / 1000:g} us"
+    except (OSError, ValueError):
+        return ""
 
 
 def write(text: str) -> None:

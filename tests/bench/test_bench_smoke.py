@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,16 @@ def test_repeated_runs_merge_to_medians_and_majority_verdicts() -> None:
     assert b.value == 18.0 and b.met is None and b.ratio is None
     assert math.isnan(c.value)
     assert merge_runs([run(1.0, 1.0, True)])[:2] == run(1.0, 1.0, True)[:2]  # one run: as is
+
+
+def test_conditions_name_the_guest_halt_poll_window_where_there_is_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The latency rows depend on it (~85 us a hop at 0 here, ~10 at 1 ms): the table says it."""
+    from bench import common
+
+    window = tmp_path / "guest_halt_poll_ns"
+    window.write_text("200000\n")
+    monkeypatch.setattr(common, "HALT_POLL", str(window))
+    assert common.conditions().endswith("; guest halt poll 200 us")
+    monkeypatch.setattr(common, "HALT_POLL", str(tmp_path / "absent"))
+    assert "halt poll" not in common.conditions()
