@@ -145,19 +145,25 @@ def conditions() -> str:
 
 
 HALT_POLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+CPUIDLE_DRIVER = "/sys/devices/system/cpu/cpuidle/current_driver"
 
 
 def guest_halt_poll() -> str:
-    """The halt-poll window of a VM guest running the haltpoll cpuidle driver, as the
-    conditions line's "; guest halt poll N us"; "" elsewhere.
+    """The longest halt-poll window of a VM guest whose cpuidle driver is haltpoll, as the
+    conditions line's "; guest halt poll max N us"; "" elsewhere (the governor's parameter
+    file exists wherever it is built in, bare metal included).
 
-    It is how long an idle vCPU polls before it halts, i.e. exits to the hypervisor. At 0 every
-    wake-up of an idle core costs an exit and an interrupt from the host: on a Firecracker VM
-    that set it to 0 on its kernel command line, ~85 us per process hop in the relay's latency
-    rows against ~10 us at 1 ms (README, "Issue 15, fifth round")."""
+    It is how long an idle vCPU may poll before it halts, i.e. exits to the hypervisor (the
+    governor adapts the window below it). At 0 every wake-up of an idle core costs an exit and
+    an interrupt from the host: on a Firecracker VM that set it to 0 on its kernel command
+    line, ~85 us per process hop in the relay's latency rows against ~10 us at 1 ms (README,
+    "Issue 15, fifth round")."""
     try:
+        with open(CPUIDLE_DRIVER) as f:
+            if f.read().strip() != "haltpoll":
+                return ""
         with open(HALT_POLL) as f:
-            return f"; guest halt poll {int(f.read()) / 1000:g} us"
+            return f"; guest halt poll max {int(f.read()) / 1000:g} us"
     except (OSError, ValueError):
         return ""
 

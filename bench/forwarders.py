@@ -120,8 +120,8 @@ def turn_request(sock: socket.socket, method: stun.Method, **attributes: object)
     for name, value in attributes.items():
         message.attributes[name.replace("_", "-").upper()] = value
     for _ in range(10):
-        sock.send(bytes(message))
         try:
+            sock.send(bytes(message))
             reply = stun.parse_message(sock.recv(2048))
         except TimeoutError:
             continue
