@@ -240,10 +240,36 @@ class Step:
     client_cpu: float
     echoed: int = 0  # echoed RTP packets (20 ms frames) the clients received in the window
     window: float = 0.0  # seconds
+    stalls: tuple[float, ...] = ()  # ms each: stretches in which most sessions' echoes stopped
 
     @property
     def ok(self) -> bool:
         return self.loss < MAX_LOSS and self.jitter_p99_ms < MAX_JITTER_MS
+
+
+def stalls(arrivals: list[list[float]], t0: float, t1: float) -> tuple[float, ...]:
+    """Stretches of ``[t0, t1)`` (ms each) in which more than half of the sessions received no
+    echo for longer than a frame plus the jitter bound: what a stall of the whole path (a
+    process, a core) looks like, as against one late session. ``arrivals``: each session's echo
+    times (seconds, sorted)."""
+    slot = FRAME_S
+    slots = max(0, int((t1 - t0) / slot))
+    silent = [0] * slots
+    for times in arrivals:
+        inside = [t for t in times if t0 <= t < t1]
+        for a, b in zip(inside, inside[1:], strict=False):
+            if b - a > FRAME_S + MAX_JITTER_MS / 1000:
+                for i in range(int((a - t0) / slot) + 1, min(slots, int((b - t0) / slot))):
+                    silent[i] += 1
+    found: list[float] = []
+    run = 0
+    for count in [*silent, 0]:
+        if count * 2 > len(arrivals):
+            run += 1
+        elif run:
+            found.append(run * slot * 1000)
+            run = 0
+    return tuple(found)
 
 
 def _cpu(proc: psutil.Process) -> float:
@@ -286,7 +312,15 @@ async def step(base_url: str, sessions: int, window: float, xcvr: psutil.Process
         losses.append(max(0.0, 1 - len(inside) / expected))
         gaps += [abs((b - a) - FRAME_S) * 1000 for a, b in zip(inside, inside[1:], strict=False)]
     return Step(sessions, max(losses), percentile(gaps, 99), (x1 - x0) / (t1 - t0),
-                (c1 - c0) / (t1 - t0), echoed, t1 - t0)
+                (c1 - c0) / (t1 - t0), echoed, t1 - t0,
+                stalls([c.times for c in clients], t0, t1))
+
+
+def _stalled(step: Step) -> str:
+    """The ramp's words for a step's stalls, e.g. " (stalls: 220 ms, 40 ms)"; "" if none."""
+    if not step.stalls:
+        return ""
+    return f" (stalls: {', '.join(f'{ms:.0f} ms' for ms in step.stalls)})"
 
 
 def _transceiver(children: dict[str, int]) -> psutil.Process:
@@ -335,8 +369,9 @@ def run(quick: bool) -> list[Row]:
     best = passed[-1] if passed else steps[0]
     last = steps[-1]
     trail = "; ".join(f"{s.sessions}: loss {s.loss:.1%} p99 {s.jitter_p99_ms:.1f} ms "
-                      f"xcvr {s.transceiver_cpu:.0%} clients {s.client_cpu:.0%}" for s in steps)
-    capped = "ramp ended before a failure" if last.ok else f"{last.sessions} failed"
+                      f"xcvr {s.transceiver_cpu:.0%} clients {s.client_cpu:.0%}{_stalled(s)}"
+                      for s in steps)
+    capped = "ramp ended before a failure" if last.ok else f"{last.sessions} failed{_stalled(last)}"
     return [
         Row("capacity: echo sessions on one core", best.sessions if passed else 0, "sessions",
             target=f">= {TARGET_SESSIONS}", met=bool(passed) and best.sessions >= TARGET_SESSIONS,

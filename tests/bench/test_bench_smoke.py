@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import flows
-from bench.capacity import _decoded_tone, audio_level_cost
+from bench.capacity import FRAME_S, _decoded_tone, audio_level_cost, stalls
 from bench.common import Row, format_table, percentile
 from bench.forwarders import coturn
 from bench.relay import KEYRING, SHARD, TRANSCEIVER_ID, binding_request
@@ -172,3 +172,32 @@ def test_conditions_name_the_guest_halt_poll_window_where_there_is_one(
     assert "halt poll" not in common.conditions()
     monkeypatch.setattr(common, "CPUIDLE_DRIVER", str(tmp_path / "absent"))
     assert "halt poll" not in common.conditions()
+
+
+def _echoes(sessions: int, seconds: float, *, silent: dict[int, tuple[float, float]]
+            ) -> list[list[float]]:
+    """Each session's echo times every 20 ms (phases spread over the frame), none inside its
+    ``silent`` stretch."""
+    out = []
+    for n in range(sessions):
+        start, quiet = n * FRAME_S / sessions, silent.get(n, (0.0, 0.0))
+        out.append([t for k in range(int(seconds / FRAME_S))
+                    if not quiet[0] <= (t := start + k * FRAME_S) < quiet[1]])
+    return out
+
+
+def test_stalls_are_stretches_where_most_sessions_went_quiet_at_once() -> None:
+    """A 200 ms silence of every session is one ~200 ms stall; one session's, or a minority's,
+    is none; two stalls are two, in order."""
+    everyone = dict.fromkeys(range(10), (1.0, 1.2))
+    found = stalls(_echoes(10, 3.0, silent=everyone), 0.0, 3.0)
+    assert len(found) == 1 and 160 <= found[0] <= 220
+    assert stalls(_echoes(10, 3.0, silent={3: (1.0, 1.5)}), 0.0, 3.0) == ()
+    minority = dict.fromkeys(range(5), (1.0, 1.2))  # half is not most
+    assert stalls(_echoes(10, 3.0, silent=minority), 0.0, 3.0) == ()
+    two = _echoes(10, 3.0, silent=everyone)
+    for n, times in enumerate(_echoes(10, 3.0, silent=dict.fromkeys(range(10), (2.0, 2.1)))):
+        two[n] = [t for t in two[n] if t in set(times)]
+    found = stalls(two, 0.0, 3.0)
+    assert len(found) == 2 and found[0] > found[1] > 40
+    assert stalls(_echoes(10, 3.0, silent={}), 0.0, 3.0) == ()  # on time: nothing
