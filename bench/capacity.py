@@ -251,12 +251,11 @@ def stalls(arrivals: list[list[float]], t0: float, t1: float) -> tuple[float, ..
     """Stretches of ``[t0, t1)`` (ms each) in which more than half of the sessions received no
     echo for longer than a frame plus the jitter bound: what a stall of the whole path (a
     process, a core) looks like, as against one late session. ``arrivals``: each session's echo
-    times (seconds, sorted)."""
+    times inside the window (seconds, sorted)."""
     slot = FRAME_S
     slots = max(0, int((t1 - t0) / slot))
     silent = [0] * slots
-    for times in arrivals:
-        inside = [t for t in times if t0 <= t < t1]
+    for inside in arrivals:
         for a, b in zip(inside, inside[1:], strict=False):
             if b - a > FRAME_S + MAX_JITTER_MS / 1000:
                 for i in range(int((a - t0) / slot) + 1, min(slots, int((b - t0) / slot))):
@@ -305,15 +304,16 @@ async def step(base_url: str, sessions: int, window: float, xcvr: psutil.Process
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     expected = (t1 - t0) / FRAME_S
-    losses, gaps, echoed = [], [], 0
+    losses, gaps, echoed, windows = [], [], 0, []
     for client in clients:
         inside = [t for t in client.times if t0 <= t < t1]
+        windows.append(inside)
         echoed += len(inside)
         losses.append(max(0.0, 1 - len(inside) / expected))
         gaps += [abs((b - a) - FRAME_S) * 1000 for a, b in zip(inside, inside[1:], strict=False)]
     return Step(sessions, max(losses), percentile(gaps, 99), (x1 - x0) / (t1 - t0),
                 (c1 - c0) / (t1 - t0), echoed, t1 - t0,
-                stalls([c.times for c in clients], t0, t1))
+                stalls(windows, t0, t1))
 
 
 def _stalled(step: Step) -> str:

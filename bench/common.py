@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import platform
+import socket
 import statistics
+import struct
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -70,6 +72,16 @@ def pin(cpu: int, pid: int = 0) -> None:
 def unpin(pid: int = 0) -> None:
     if hasattr(os, "sched_setaffinity"):
         _set_affinity(pid, set(range(os.cpu_count() or 1)))
+
+
+def udp_datagram(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
+    """IPv4 + UDP headers around ``payload``, for a raw socket to send from any source (don't
+    fragment, as Linux sends UDP; UDP checksum 0: none, RFC 768; the kernel fills in the IP
+    header's checksum and identification)."""
+    length = 20 + 8 + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, 0, 0x4000, 64, socket.IPPROTO_UDP, 0,
+                     socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
+    return ip + struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
 
 
 def _fmt(value: float | None) -> str:

@@ -21,13 +21,12 @@ import multiprocessing as mp
 import random
 import select
 import socket
-import struct
 import time
 import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
-from bench.common import ENDPOINT_CPU, RELAY_CPU, Row, pin, unpin
+from bench.common import ENDPOINT_CPU, RELAY_CPU, Row, pin, udp_datagram, unpin
 from fleet.addresses import Addr
 from fleet.sockets import enable_drop_counts
 from relays import fastpath
@@ -40,13 +39,16 @@ FLOW_BUDGET = 1024  # bytes per flow (issue #6)
 FLAT_LIMIT = 1.25  # 100k/10k per-packet cost counted as "flat"
 
 
-def clients(count: int, *, seed: int = 6) -> list[Addr]:
-    """``count`` distinct client addresses spread over 10.0.0.0/8 with random ports."""
+def clients(count: int, *, seed: int = 6, network: int = 10) -> list[Addr]:
+    """``count`` distinct client addresses spread over ``network``.0.0.0/8 (10: private; 127:
+    loopback, every one of them this host) with random ports, no host part ending in 0 or 255."""
     rng = random.Random(seed)
     seen: set[Addr] = set()
     while len(seen) < count:
         ip = rng.getrandbits(24)
-        seen.add((f"10.{ip >> 16}.{(ip >> 8) & 255}.{ip & 255}", rng.randrange(1024, 65536)))
+        if ip & 255 not in (0, 255):
+            seen.add((f"{network}.{ip >> 16}.{(ip >> 8) & 255}.{ip & 255}",
+                      rng.randrange(1024, 65536)))
     return list(seen)
 
 
@@ -125,26 +127,6 @@ def _cost(count: int, probes: int, *, send: bool) -> float:
         out.close()
 
 
-def loopback_clients(count: int, *, seed: int = 6) -> list[Addr]:
-    """``count`` distinct clients in 127.0.0.0/8 (every one of them is this host: loopback)."""
-    rng = random.Random(seed)
-    seen: set[Addr] = set()
-    while len(seen) < count:
-        ip = rng.getrandbits(24)
-        if ip & 255 not in (0, 255):
-            seen.add((f"127.{ip >> 16}.{(ip >> 8) & 255}.{ip & 255}", rng.randrange(1024, 65536)))
-    return list(seen)
-
-
-def forged(client: Addr, port: int, payload: bytes) -> bytes:
-    """An IPv4 UDP datagram from ``client`` to 127.0.0.1:``port`` (UDP checksum 0: none, RFC
-    768; the kernel fills in the IP checksum on a raw socket)."""
-    udp = struct.pack("!HHHH", client[1], port, 8 + len(payload), 0) + payload
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64,
-                       socket.IPPROTO_UDP, 0, socket.inet_aton(client[0]),
-                       socket.inet_aton("127.0.0.1")) + udp
-
-
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # socket(7); Python 3.11 lacks it
 IN_FLIGHT = 1024  # forged datagrams ahead of the drainer at most (~1 MB of the 8 MB queue)
 
@@ -157,7 +139,7 @@ def _send_forged(addrs: list[Addr], port: int, total: int, cpu: int, drained: An
     order = list(addrs)
     random.Random(9).shuffle(order)
     payload = b"\x80" + bytes(PAYLOAD - 1)
-    datagrams = [forged(client, port, payload) for client in order]
+    datagrams = [udp_datagram(client, ("127.0.0.1", port), payload) for client in order]
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
         for n in range(total):
             if n - drained.value >= IN_FLIGHT:
@@ -200,7 +182,7 @@ def fast_forward_ns(count: int, packets: int) -> FastRun:
         public.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
         enable_drop_counts(public)
         fast = fastpath.FastPath(public.fileno(), internal.fileno(), 0.0)
-        addrs = loopback_clients(count)
+        addrs = clients(count, network=127)
         for client in addrs:
             fast.learn(pack_header(client), client, transceiver.getsockname(), False, None)
         ctx = mp.get_context("fork")
@@ -211,11 +193,12 @@ def fast_forward_ns(count: int, packets: int) -> FastRun:
         sender.start()
         cpu = time.thread_time()  # after the fork: its page-table copy grows with the table
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (
-                sender.is_alive() or select.select([public], [], [], 0)[0]):
+        while time.monotonic() < deadline:  # until the sender is done and its queue drained
             if select.select([public], [], [], 0.2)[0]:
                 fast.drain_public(time.time())
                 drained.value = fast.counters()["forwarded_in"] - before
+            elif not sender.is_alive():
+                break
         cpu = time.thread_time() - cpu
         counters = fast.counters()
         forwarded = counters["forwarded_in"] - before

@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import socket
-import struct
 import time
 from collections.abc import Iterator
 
@@ -23,6 +22,7 @@ import psutil
 import pytest
 import redis
 
+from bench.common import udp_datagram
 from fleet.heartbeats import RelayHeartbeat
 from fleet.keys import relay_heartbeat_key
 from relays import fastpath
@@ -63,15 +63,6 @@ def flood_edge(tmp_path_factory: pytest.TempPathFactory,
         proc.kill()
 
 
-def _udp_packet(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
-    """IPv4 + UDP headers around ``payload`` (UDP checksum 0: none, RFC 768)."""
-    length = 20 + 8 + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, 0, 0, 64, socket.IPPROTO_UDP, 0,
-                     socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
-    udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0)
-    return ip + udp + payload
-
-
 def _flood_packets(edge: Edge, count: int) -> list[bytes]:
     """Half one replayed Binding, half Bindings with freshly minted ufrags; each from its own
     spoofed 127.x.y.z:port."""
@@ -88,7 +79,7 @@ def _flood_packets(edge: Edge, count: int) -> list[bytes]:
                                nonce=secrets.token_bytes(NONCE_BYTES))
             payload = pack_binding_request(secrets.token_bytes(12), ufrag + ":attk")
         src = (f"127.{100 + i % 100}.{(i // 100) % 250}.{1 + i % 200}", 1024 + i % 60000)
-        packets.append(_udp_packet(src, dst, payload))
+        packets.append(udp_datagram(src, dst, payload))
     return packets
 
 
